@@ -1,0 +1,34 @@
+"""tf_models: transfer-learning face classifiers (CelebA gender, student identity) in Keras 3.
+
+The public front door. Everything a script or the app needs is importable from here.
+"""
+
+import os
+
+# TensorFlow's C++ start-up log lines bury real output; errors still show. Users can override.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from tf_models.backbones import (
+    BACKBONES,
+    BackboneSpec,
+    WeightsUnavailableError,
+    backbone_table,
+    get_backbone,
+    list_backbones,
+)
+from tf_models.classifier import MODES, REFERENCE_HEAD, HeadConfig, build_classifier
+from tf_models.preprocessing import ImagePreprocessing
+
+__all__ = [
+    "BACKBONES",
+    "BackboneSpec",
+    "HeadConfig",
+    "ImagePreprocessing",
+    "MODES",
+    "REFERENCE_HEAD",
+    "WeightsUnavailableError",
+    "backbone_table",
+    "build_classifier",
+    "get_backbone",
+    "list_backbones",
+]

@@ -1,0 +1,208 @@
+"""The transfer-learning classifier: raw image -> preprocessing -> backbone -> pooled head -> softmax.
+
+Output convention, used for every task including binary ones: a softmax over ``num_classes >= 2``
+units, trained on integer class indices. One convention means one loss, one metric set and one
+prediction decoder everywhere (gender is simply a 2-class task), and the output layer is float32 so
+mixed-precision training stays numerically safe.
+
+Modes (each does exactly what its name says; the reference notebooks froze the layers they meant
+to unfreeze):
+
+- ``transfer``: the whole backbone is frozen and called with ``training=False``; only the head trains.
+- ``finetune``: the top of the backbone (the last N layers, or from a named layer up) trains with the
+  head. BatchNorm layers stay frozen and the backbone still runs with ``training=False``, so their
+  statistics are not wrecked by small batches (the keras-io transfer-learning guide's advice).
+- ``scratch``: random initialisation, every layer trainable, BatchNorm in training mode.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import keras
+from keras import layers
+
+from tf_models.backbones import BackboneSpec, get_backbone, resolve_imagenet_weights
+from tf_models.preprocessing import ImagePreprocessing
+
+MODES = ("transfer", "finetune", "scratch")
+BACKBONE_LAYER = "backbone"  # name of the backbone sub-model inside every classifier
+PREPROCESS_LAYER = "preprocess"  # name of the ImagePreprocessing layer
+FEATURES_LAYER = "features"  # pooled backbone features (the embedding before the head)
+_PARTIAL_LOAD = re.compile(r"skipping|freshly.initiali[sz]ed|mismatch|not (be )?loaded", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    """The layers between the pooled backbone features and the output layer."""
+
+    units: tuple[int, ...] = (256,)  # hidden Dense widths; () = linear classifier on the features
+    dropout: float = 0.2  # dropout after each hidden layer (the reference projects used 0.2)
+    activation: str = "relu"  # hidden-layer activation
+
+
+# The head all five reference projects used, for like-for-like comparisons.
+REFERENCE_HEAD = HeadConfig(units=(1024, 256, 64, 32), dropout=0.2)
+
+
+def normalize_weights(weights: str | Path | None) -> str | Path | None:
+    """``None``/'none' -> None, 'imagenet' stays, anything else is a path that must exist."""
+    if weights is None or (isinstance(weights, str) and weights.strip().lower() in ("none", "")):
+        return None
+    if isinstance(weights, str) and weights.strip().lower() == "imagenet":
+        return "imagenet"
+    path = Path(weights).expanduser()
+    if path.suffix.lower() not in (".h5", ".hdf5", ".keras"):
+        raise ValueError(
+            "weights must be 'imagenet', 'none' or a path to a .h5 / .weights.h5 / .keras file. "
+            f"Received: weights={str(weights)!r}"
+        )
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"Weights file not found: {path}. Pass an existing file, 'imagenet' or 'none'. "
+            f"Received: weights={str(weights)!r}"
+        )
+    return path
+
+
+def normalize_input_shape(spec: BackboneSpec, input_shape: Sequence[int] | None) -> tuple[int, int, int]:
+    """(H, W) or (H, W, 3) -> (H, W, 3), checked against the backbone's minimum size."""
+    if input_shape is None:
+        return (*spec.default_input, 3)
+    shape = tuple(int(v) for v in input_shape)
+    if len(shape) == 2:
+        shape = (*shape, 3)
+    if len(shape) != 3 or shape[2] != 3:
+        raise ValueError(f"input_shape must be (height, width) or (height, width, 3). Received: input_shape={input_shape}")
+    if shape[0] < spec.min_input[0] or shape[1] < spec.min_input[1]:
+        raise ValueError(
+            f"{spec.name} needs inputs of at least {spec.min_input[0]}x{spec.min_input[1]}. "
+            f"Received: input_shape={input_shape}"
+        )
+    return shape
+
+
+def build_backbone(spec: BackboneSpec, input_shape: tuple[int, int, int], weights: str | Path | None) -> keras.Model:
+    """The headless backbone with the requested weights loaded. Never silently random."""
+    weights_path = resolve_imagenet_weights(spec, input_shape) if weights == "imagenet" else weights
+    base = spec.builder(include_top=False, weights=None, input_shape=input_shape, name=BACKBONE_LAYER)
+    if weights_path is not None:
+        try:
+            # Keras 3 only *warns* when parts of a file do not match the model and keeps those
+            # layers random; here that is an error, never a silent partial load.
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                base.load_weights(str(weights_path))
+            partial = [str(w.message) for w in caught if _PARTIAL_LOAD.search(str(w.message))]
+            if partial:
+                raise ValueError(f"only part of the file matches the model ({partial[0][:200]})")
+        except Exception as err:
+            raise ValueError(
+                f"Could not load weights from {weights_path} into {spec.name} with input_shape="
+                f"{input_shape}: {err}. The file must hold a headless (include_top=False) {spec.name}; "
+                "a corrupt download can be deleted and fetched again."
+            ) from err
+    return base
+
+
+def _set_finetune_trainability(base: keras.Model, spec: BackboneSpec, finetune_layers: int | None,
+                               finetune_from: str | None) -> None:
+    names = [layer.name for layer in base.layers]
+    if finetune_layers is not None and finetune_from is not None:
+        raise ValueError(
+            "Give finetune_layers or finetune_from, not both. "
+            f"Received: finetune_layers={finetune_layers}, finetune_from={finetune_from!r}"
+        )
+    if finetune_layers is not None:
+        if not 0 < finetune_layers <= len(names):
+            raise ValueError(
+                f"finetune_layers must be between 1 and {len(names)} (the layers in {spec.name}). "
+                f"Received: finetune_layers={finetune_layers}"
+            )
+        start = len(names) - finetune_layers
+    else:
+        first = finetune_from or spec.finetune_from
+        if first not in names:
+            hint = ", ".join(names[-8:])
+            raise ValueError(
+                f"{spec.name} has no layer named {first!r} (its last layers: {hint}). "
+                f"Received: finetune_from={first!r}"
+            )
+        start = names.index(first)
+    base.trainable = True
+    for index, layer in enumerate(base.layers):
+        is_batch_norm = isinstance(layer, layers.BatchNormalization)
+        layer.trainable = index >= start and not is_batch_norm
+
+
+def build_classifier(
+    backbone: str,
+    num_classes: int,
+    input_shape: Sequence[int] | None = None,
+    mode: str = "transfer",
+    weights: str | Path | None = "imagenet",
+    head: HeadConfig | None = None,
+    *,
+    finetune_layers: int | None = None,
+    finetune_from: str | None = None,
+) -> keras.Model:
+    """Builds a classifier that takes raw RGB images in 0..255 and returns class probabilities.
+
+    Args:
+        backbone: a registry name (see ``tf_models.list_backbones()``).
+        num_classes: number of classes, at least 2 (binary tasks use 2 softmax units).
+        input_shape: (height, width[, 3]); default: the backbone's own.
+        mode: 'transfer', 'finetune' or 'scratch' (see the module docstring).
+        weights: 'imagenet', 'none'/None, or a path to a weights file for the headless backbone.
+        head: the hidden layers of the head; default ``HeadConfig()``.
+        finetune_layers: finetune mode: train the top N backbone layers.
+        finetune_from: finetune mode: train from this backbone layer up (default: the top block).
+    """
+    spec = get_backbone(backbone)
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}. Received: mode={mode!r}")
+    if int(num_classes) < 2:
+        raise ValueError(
+            "num_classes must be at least 2 (binary tasks use a 2-unit softmax). "
+            f"Received: num_classes={num_classes}"
+        )
+    if mode != "finetune" and (finetune_layers is not None or finetune_from is not None):
+        raise ValueError(f"finetune_layers / finetune_from only apply to mode='finetune'. Received: mode={mode!r}")
+    weights = normalize_weights(weights)
+    if mode == "scratch" and weights is not None:
+        raise ValueError(
+            "mode='scratch' trains from random initialisation; pass weights='none', or use "
+            f"mode='finetune' to start from pretrained weights. Received: weights={str(weights)!r}"
+        )
+    if mode == "transfer" and weights is None:
+        warnings.warn(
+            f"mode='transfer' with random weights: the frozen {spec.name} base is random and only "
+            "the head will learn. Use weights='imagenet' (or a file), or mode='scratch'.",
+            stacklevel=2,
+        )
+    shape = normalize_input_shape(spec, input_shape)
+    head = head or HeadConfig()
+
+    base = build_backbone(spec, shape, weights)
+    if mode == "transfer":
+        base.trainable = False
+    elif mode == "finetune":
+        _set_finetune_trainability(base, spec, finetune_layers, finetune_from)
+    else:
+        base.trainable = True
+
+    inputs = keras.Input(shape=shape, name="image")
+    x = ImagePreprocessing(spec.preprocessing, name=PREPROCESS_LAYER)(inputs)
+    # Frozen or partly frozen bases run in inference mode so BatchNorm keeps its statistics.
+    x = base(x, training=False) if mode in ("transfer", "finetune") else base(x)
+    x = layers.GlobalAveragePooling2D(name=FEATURES_LAYER)(x)
+    for index, units in enumerate(head.units, start=1):
+        x = layers.Dense(units, activation=head.activation, name=f"head_dense{index}")(x)
+        if head.dropout > 0:
+            x = layers.Dropout(head.dropout, name=f"head_dropout{index}")(x)
+    outputs = layers.Dense(int(num_classes), activation="softmax", dtype="float32", name="predictions")(x)
+    return keras.Model(inputs, outputs, name=f"{spec.name}_{mode}")
