@@ -20,8 +20,16 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PY) -m pip install -r requirements-dev.txt -e .
 	touch $(STAMP)
 
+# The main job on the bundled samples, offline and CPU-friendly (no ImageNet download: from scratch).
+DEMO_COMMON := --modes scratch --input-size 72 72 --runs-dir runs/demo --results-dir results
+
 demo: setup
 	$(PY) scripts/train.py --list-backbones
+	$(PY) scripts/compare.py --task gender --data-dir datasets/celeba/sample --dataset-name celeba_sample \
+		--backbones alexnet_bn mobilenetv2 --epochs 8 --batch-size 32 $(DEMO_COMMON)
+	$(PY) scripts/compare.py --task identity --data-dir datasets/students/sample --dataset-name students_sample \
+		--backbones alexnet_bn mobilenetv2 --epochs 25 --batch-size 16 --patience 8 \
+		--val-fraction 0.17 --test-fraction 0.17 $(DEMO_COMMON)
 
 test: setup
 	$(PY) -m pytest

@@ -206,3 +206,15 @@ def build_classifier(
             x = layers.Dropout(head.dropout, name=f"head_dropout{index}")(x)
     outputs = layers.Dense(int(num_classes), activation="softmax", dtype="float32", name="predictions")(x)
     return keras.Model(inputs, outputs, name=f"{spec.name}_{mode}")
+
+
+def unfreeze_top(model: keras.Model, backbone: str, finetune_layers: int | None = None,
+                 finetune_from: str | None = None) -> None:
+    """Switches a ``transfer`` classifier to ``finetune`` trainability (phase 2). Recompile afterwards."""
+    _set_finetune_trainability(model.get_layer(BACKBONE_LAYER), get_backbone(backbone), finetune_layers, finetune_from)
+
+
+def head_layers(model: keras.Model) -> list[keras.layers.Layer]:
+    """The layers after the pooled features, in order (hidden Dense/Dropout, then predictions)."""
+    names = [layer.name for layer in model.layers]
+    return model.layers[names.index(FEATURES_LAYER) + 1:]

@@ -1,0 +1,348 @@
+"""Input-pipeline benchmark: legacy ``ImageDataGenerator`` vs the tf.data pipeline with fused augmentation.
+
+One run, the same N CelebA images, a reference project's settings (rotation 15, width/height shift
+0.1, shear 0.1, zoom 0.2, horizontal flip, rescale 1/255, 218x178, batch 128):
+
+1. legacy: ``tf_keras`` ``ImageDataGenerator.flow_from_dataframe`` (PIL + scipy, one image at a time);
+2. ours: ``tf_models.pipeline.make_dataset(..., augment=AugmentConfig.from_dict(same settings))``;
+3. context: decode-only, the cached pipeline, nearest interpolation, and augmentation alone.
+
+Every variant is timed over full passes of N images after a warm-up pass (tf.data: the warm-up
+traces the functions and, for the cached variant, fills the cache); variants are interleaved
+round-robin and the median of ``--repeats`` passes is reported, because other jobs share the
+machine. CPU time per image is reported too: it measures the work and barely moves with the load. Writes
+``results/pipeline/bench_pipeline.{csv,md}``; the last line printed is the headline ratio.
+
+    python scripts/bench_pipeline.py --n 2048
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+import warnings
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Iterable
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from tf_models.augment import AugmentConfig, RescaleIgnoredWarning, build_augmenter  # noqa: E402
+
+DEFAULT_DATA_DIR = REPO_ROOT.parent / "shared" / "data" / "celeba"
+IMAGE_SIZE = (218, 178)  # (height, width): CelebA's aligned crops, no resizing needed
+# The reference project's ImageDataGenerator arguments, pasted as they were.
+REFERENCE_SETTINGS = dict(
+    rotation_range=15,
+    width_shift_range=0.1,
+    height_shift_range=0.1,
+    shear_range=0.1,
+    zoom_range=0.2,
+    horizontal_flip=True,
+    rescale=1.0 / 255,
+)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR,
+                        help="folder with img_align_celeba/ and the labels CSV (default: %(default)s)")
+    parser.add_argument("--labels-csv", type=Path, default=None,
+                        help="labels CSV (default: DATA_DIR/gender_labels.csv)")
+    parser.add_argument("--x-col", default="image_id", help="file-name column (default: %(default)s)")
+    parser.add_argument("--y-col", default="Male", help="label column, 0/1 (default: %(default)s)")
+    parser.add_argument("--n", type=int, default=2048, help="images per pass (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=128, help="default: %(default)s")
+    parser.add_argument("--repeats", type=int, default=3, help="timed passes per variant; median reported")
+    parser.add_argument("--out-dir", type=Path, default=REPO_ROOT / "results" / "pipeline")
+    return parser.parse_args(argv)
+
+
+def load_files(data_dir: Path, labels_csv: Path | None, x_col: str, y_col: str, n: int) -> pd.DataFrame:
+    """The first ``n`` labelled images that exist on disk, with absolute paths."""
+    labels_csv = labels_csv or data_dir / "gender_labels.csv"
+    image_dir = data_dir / "img_align_celeba"
+    if not labels_csv.is_file() or not image_dir.is_dir():
+        raise SystemExit(f"Expected {labels_csv} and {image_dir}/ (see datasets/celeba/README.md).")
+    frame = pd.read_csv(labels_csv, usecols=[x_col, y_col])
+    frame = frame[[(image_dir / name).is_file() for name in frame[x_col]]].head(n).reset_index(drop=True)
+    if len(frame) < n:
+        raise SystemExit(f"Only {len(frame)} of the requested {n} images exist under {image_dir}.")
+    frame["path"] = [str(image_dir / name) for name in frame[x_col]]
+    frame["label"] = frame[y_col].astype("int32")
+    return frame
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process, all threads (tf.data's included): unlike wall time, neighbours barely move it."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def timed_pass(label: str, make_pass: Callable[[], Iterable], n: int) -> tuple[float, float]:
+    """(wall seconds, CPU seconds) for one full pass of ``n`` images."""
+    seen = 0
+    start, cpu_start = time.perf_counter(), cpu_seconds()
+    with tqdm(total=n, desc=label, unit="img", leave=False, file=sys.stderr) as bar:
+        for batch in make_pass():
+            size = int(len(batch))
+            seen += size
+            bar.update(size)
+    elapsed, cpu_used = time.perf_counter() - start, cpu_seconds() - cpu_start
+    if seen != n:
+        raise RuntimeError(f"{label}: a pass yielded {seen} images, expected {n}")
+    return elapsed, cpu_used
+
+
+def run_round_robin(passes: dict[str, Callable[[], Iterable]], n: int, repeats: int) -> dict[str, list[tuple]]:
+    """One untimed warm-up pass per variant, then ``repeats`` rounds of one timed pass each.
+
+    Interleaving the variants spreads slow drifts in the neighbours' load over all of them alike.
+    """
+    for key, make_pass in passes.items():
+        timed_pass(f"{key} (warm-up)", make_pass, n)
+    timings: dict[str, list[tuple]] = {key: [] for key in passes}
+    for round_index in range(1, repeats + 1):
+        for key, make_pass in passes.items():
+            timings[key].append(timed_pass(f"{key} ({round_index}/{repeats})", make_pass, n))
+    return timings
+
+
+def legacy_variant(frame: pd.DataFrame, data_dir: Path, x_col: str, batch_size: int):
+    """ImageDataGenerator.flow_from_dataframe exactly as the reference notebooks used it."""
+    from tf_keras.preprocessing.image import ImageDataGenerator
+
+    frame = frame.assign(**{"label_str": frame["label"].astype(str)})  # class_mode='binary' wants strings
+    generator = ImageDataGenerator(**REFERENCE_SETTINGS)
+    iterator = generator.flow_from_dataframe(
+        frame, directory=str(data_dir / "img_align_celeba"), x_col=x_col, y_col="label_str",
+        target_size=IMAGE_SIZE, batch_size=batch_size, class_mode="binary", seed=0,
+    )
+    batches = math.ceil(len(frame) / batch_size)
+
+    def one_pass():
+        # A Keras Sequence: index it, so each pass is exactly one epoch of len(frame) images.
+        for index in range(batches):
+            images, _ = iterator[index]
+            yield images
+        iterator.on_epoch_end()
+
+    return one_pass
+
+
+def fallback_make_dataset(paths, labels, image_size, batch_size, *, training, augment=None, seed=0,
+                          cache=False, skip_same_size_resize=False):
+    """Stand-in for tf_models.pipeline.make_dataset when it is missing or broken (same chain).
+
+    ``skip_same_size_resize`` measures a suggested change: an antialiased resize to the size the
+    image already has still runs (scale_and_translate) and costs about twice the JPEG decode.
+    """
+    autotune = tf.data.AUTOTUNE
+
+    def decode(path):
+        image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+        image.set_shape([None, None, 3])
+        if not skip_same_size_resize:
+            return tf.image.resize(image, image_size, method="bilinear", antialias=True)
+        same = tf.reduce_all(tf.shape(image)[:2] == tf.constant(image_size))
+        image = tf.cond(same, lambda: tf.cast(image, tf.float32),
+                        lambda: tf.image.resize(image, image_size, method="bilinear", antialias=True))
+        image.set_shape([*image_size, 3])
+        return image
+
+    dataset = tf.data.Dataset.from_tensor_slices((list(map(str, paths)), np.asarray(labels, "int32")))
+    dataset = dataset.map(lambda p, y: (decode(p), y), num_parallel_calls=autotune)
+    if cache:
+        dataset = dataset.cache()
+    if training:
+        dataset = dataset.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
+    dataset = dataset.batch(batch_size, num_parallel_calls=autotune)
+    if training and augment is not None and not augment.is_identity:
+        augmenter = build_augmenter(augment)
+        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+        dataset = tf.data.Dataset.zip((dataset, seeds)).map(
+            lambda batch, pair: (augmenter(batch[0], pair), batch[1]), num_parallel_calls=autotune)
+    return dataset.prefetch(autotune)
+
+
+def resolve_make_dataset(frame: pd.DataFrame):
+    """tf_models.pipeline.make_dataset if it imports and yields a correct batch, else the fallback."""
+    try:
+        from tf_models.pipeline import make_dataset
+
+        probe = make_dataset(frame["path"][:2].tolist(), frame["label"][:2].tolist(), IMAGE_SIZE, 2,
+                             training=True, augment=AugmentConfig(horizontal_flip=True), seed=0)
+        images, _ = next(iter(probe))
+        if tuple(images.shape) != (2, *IMAGE_SIZE, 3) or images.dtype != tf.float32:
+            raise RuntimeError(f"unexpected batch {images.shape} {images.dtype}")
+        return make_dataset, "tf_models.pipeline.make_dataset"
+    except Exception as error:  # noqa: BLE001 - any failure means: measure the equivalent chain instead
+        print(f"NOTE: tf_models.pipeline.make_dataset unusable ({type(error).__name__}: {error}); "
+              "using the equivalent chain in this script.", file=sys.stderr)
+        return fallback_make_dataset, "fallback chain in scripts/bench_pipeline.py"
+
+
+def dataset_pass(dataset: tf.data.Dataset) -> Callable[[], Iterable]:
+    def one_pass():
+        for images, _ in dataset:
+            yield images
+    return one_pass
+
+
+def augment_only_pass(config: AugmentConfig, n: int, batch_size: int) -> Callable[[], Iterable]:
+    """Augmentation alone on an in-memory batch: the ceiling the pipeline could reach if decode were free."""
+    augment = tf.function(build_augmenter(config))
+    batch = tf.random.stateless_uniform([batch_size, *IMAGE_SIZE, 3], seed=[0, 0], maxval=255.0)
+    sizes = [batch_size] * (n // batch_size) + ([n % batch_size] if n % batch_size else [])
+
+    def one_pass():
+        for step, size in enumerate(sizes):
+            yield augment(batch[:size], tf.constant([step, 0], tf.int64)).numpy()
+    return one_pass
+
+
+def machine_description() -> dict[str, str]:
+    cpu = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        import tf_keras
+        tf_keras_version = tf_keras.__version__
+    except ImportError:
+        tf_keras_version = "not installed"
+    import keras
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    load = " / ".join(f"{v:.2f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
+    return {
+        "cpu": cpu,
+        "cores": str(cores),
+        "load average at start (1/5/15 min)": load,
+        "python": platform.python_version(),
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "tf_keras": tf_keras_version,
+        "gpu": ", ".join(d.name for d in tf.config.list_physical_devices("GPU")) or "none",
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    machine = machine_description()  # before anything runs, so the load average is the neighbours'
+    frame = load_files(args.data_dir, args.labels_csv, args.x_col, args.y_col, args.n)
+    paths, labels = frame["path"].tolist(), frame["label"].tolist()
+    n, batch_size, repeats = args.n, args.batch_size, args.repeats
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RescaleIgnoredWarning)  # by design: rescale is pasted in, never applied
+        config = AugmentConfig.from_dict(REFERENCE_SETTINGS)
+    nearest = AugmentConfig.from_dict({**REFERENCE_SETTINGS, "rescale": None, "interpolation_order": 0})
+    make_dataset, source = resolve_make_dataset(frame)
+
+    def pipeline(augment: AugmentConfig | None, training: bool = True, cache: bool = False):
+        kwargs = {"cache": True} if cache else {}
+        return dataset_pass(make_dataset(paths, labels, IMAGE_SIZE, batch_size, training=training,
+                                         augment=augment, seed=0, **kwargs))
+
+    variants = [  # (key, description, pass factory)
+        ("legacy", "tf_keras ImageDataGenerator.flow_from_dataframe (PIL + scipy, bilinear)",
+         lambda: legacy_variant(frame, args.data_dir, args.x_col, batch_size)),
+        ("ours", f"{source}, fused augmentation (bilinear), no cache",
+         lambda: pipeline(config)),
+        ("ours_nearest", f"{source}, fused augmentation, interpolation_order=0 (nearest), no cache",
+         lambda: pipeline(nearest)),
+        ("ours_cached", f"{source}, fused augmentation (bilinear), decoded images cached in memory",
+         lambda: pipeline(config, cache=True)),
+        ("decode_only", f"{source}, training=False: read + decode + resize + batch, no augmentation",
+         lambda: pipeline(None, training=False)),
+        ("ours_skip_resize", "equivalent chain in this script, skipping the same-size antialiased resize "
+         "(suggested pipeline change), fused augmentation (bilinear), no cache",
+         lambda: dataset_pass(fallback_make_dataset(paths, labels, IMAGE_SIZE, batch_size, training=True,
+                                                    augment=config, seed=0, skip_same_size_resize=True))),
+        ("ours_skip_resize_nearest", "as ours_skip_resize with interpolation_order=0 (nearest)",
+         lambda: dataset_pass(fallback_make_dataset(paths, labels, IMAGE_SIZE, batch_size, training=True,
+                                                    augment=nearest, seed=0, skip_same_size_resize=True))),
+        ("decode_only_skip_resize", "equivalent chain, read + decode + batch (no same-size resize), no augmentation",
+         lambda: dataset_pass(fallback_make_dataset(paths, labels, IMAGE_SIZE, batch_size, training=False,
+                                                    skip_same_size_resize=True))),
+        ("augment_only", "build_augmenter on an in-memory batch (bilinear), no I/O",
+         lambda: augment_only_pass(config, n, batch_size)),
+    ]
+    passes = {key: factory() for key, _, factory in variants}
+    timings = run_round_robin(passes, n, repeats)
+    rows = []
+    for key, description, _ in variants:
+        seconds = [wall for wall, _ in timings[key]]
+        median = statistics.median(seconds)
+        cpu_ms = 1e3 * statistics.median(cpu for _, cpu in timings[key]) / n
+        rows.append({"variant": key, "description": description, "images": n, "batch_size": batch_size,
+                     "median_s": round(median, 3), "img_per_s": round(n / median, 1),
+                     "cpu_ms_per_img": round(cpu_ms, 3), "runs_s": " ".join(f"{s:.3f}" for s in seconds)})
+        print(f"{key:>24}: {n / median:8.1f} img/s  (median of {repeats} passes: {median:.2f} s; "
+              f"{cpu_ms:.2f} CPU-ms/img)", flush=True)
+    load_end = " / ".join(f"{v:.2f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
+    legacy_rate = rows[0]["img_per_s"]
+    for row in rows:
+        row["vs_legacy"] = round(row["img_per_s"] / legacy_rate, 2)
+
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    csv_path, md_path = args.out_dir / "bench_pipeline.csv", args.out_dir / "bench_pipeline.md"
+    with csv_path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    settings = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in REFERENCE_SETTINGS.items())
+    lines = [
+        "# Input pipeline: legacy ImageDataGenerator vs tf.data + fused augmentation",
+        "",
+        f"Written by `scripts/bench_pipeline.py --n {n} --batch-size {batch_size} --repeats {repeats}` "
+        f"on {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.",
+        "",
+        *(f"- {k}: {v}" for k, v in machine.items()),
+        f"- images: first {n} of `{args.labels_csv or args.data_dir / 'gender_labels.csv'}` "
+        f"({IMAGE_SIZE[0]}x{IMAGE_SIZE[1]} JPEG), batch {batch_size}",
+        f"- augmentation (both pipelines): {settings} (rescale is ignored by ours: models preprocess inside)",
+        f"- timing: median of {repeats} full passes of {n} images after one warm-up pass, variants "
+        "interleaved round-robin",
+        f"- load average at end (1/5/15 min): {load_end} (this machine is shared: wall-clock img/s "
+        "depends on how many cores the neighbours left free)",
+        "",
+        "| variant | img/s | vs legacy | median s / pass | CPU-ms / img | what |",
+        "|---|---:|---:|---:|---:|---|",
+        *(f"| {r['variant']} | {r['img_per_s']:.0f} | {r['vs_legacy']:.2f}x | {r['median_s']:.2f} | "
+          f"{r['cpu_ms_per_img']:.2f} | {r['description']} |" for r in rows),
+        "",
+        "CPU-ms / img is the process's CPU time (all threads) per image: the work each variant does, "
+        "which other jobs on the machine hardly change, while img/s depends on how many cores were free.",
+        "",
+    ]
+    md_path.write_text("\n".join(lines))
+    print(f"wrote {csv_path.relative_to(REPO_ROOT) if csv_path.is_relative_to(REPO_ROOT) else csv_path} "
+          f"and {md_path.name}")
+    ours = rows[1]
+    print(f"augmented pipeline: {ours['img_per_s']:.0f} img/s vs legacy ImageDataGenerator "
+          f"{legacy_rate:.0f} img/s = {ours['vs_legacy']:.1f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

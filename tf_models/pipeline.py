@@ -1,0 +1,89 @@
+"""One tf.data builder for every dataset: files + integer labels in, (images, labels) batches out.
+
+Images come out as float32 RGB in 0..255 at the requested size: the model does its own
+preprocessing, so nothing here rescales. Labels are int32 class indices (the suite's one output
+convention is a softmax over K >= 2 classes with sparse labels). The loaders have already checked
+every file, so decoding here cannot meet a corrupt one; it knows nothing about models.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from tf_models.augment import AugmentConfig, build_augmenter
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+def decode_and_resize(path: tf.Tensor, image_size: tuple[int, int]) -> tf.Tensor:
+    """Reads one JPEG/PNG/BMP/GIF/WEBP file to float32 RGB 0..255 of ``image_size`` (H, W)."""
+    data = tf.io.read_file(path)
+    image = tf.io.decode_image(data, channels=3, expand_animations=False, dtype=tf.uint8)
+    image.set_shape([None, None, 3])
+    # antialias: downscaling large photos without it aliases badly; cheap at face-crop sizes.
+    image = tf.image.resize(image, image_size, method="bilinear", antialias=True)
+    return tf.clip_by_value(image, 0.0, 255.0)
+
+
+def make_dataset(
+    paths: Sequence[str | Path],
+    labels: Sequence[int],
+    image_size: tuple[int, int],
+    batch_size: int,
+    *,
+    training: bool,
+    augment: AugmentConfig | None = None,
+    seed: int = 0,
+    cache: bool | str | Path = False,
+    shuffle_buffer: int | None = None,
+    drop_remainder: bool = False,
+) -> tf.data.Dataset:
+    """Builds the input pipeline: parallel decode, resize, cache, seeded shuffle, batch, augment, prefetch.
+
+    Args:
+        paths: image files (already validated by a loader).
+        labels: integer class index per file.
+        image_size: (height, width) the backbone takes.
+        batch_size: images per batch.
+        training: shuffle (seeded, reshuffled each epoch) and augment; otherwise keep file order.
+        augment: augmentation applied to training batches; None or an identity config skips it.
+        seed: drives the shuffle order and the augmentation draws.
+        cache: False, True (in memory) or a file path prefix (on disk). Caching happens after resize and
+            before augmentation, so every epoch sees fresh augmentations of cached pixels.
+        shuffle_buffer: default: the whole dataset (exact shuffle; the decoded cache comes first).
+        drop_remainder: drop a last partial batch (needed by some distribution strategies).
+    """
+    if len(paths) != len(labels):
+        raise ValueError(f"paths and labels differ in length: {len(paths)} vs {len(labels)}")
+    if len(paths) == 0:
+        raise ValueError("No images to build a dataset from (every file was skipped? see the data report).")
+    image_size = (int(image_size[0]), int(image_size[1]))
+    dataset = tf.data.Dataset.from_tensor_slices(
+        (np.asarray([str(p) for p in paths]), np.asarray(labels, dtype="int32"))
+    )
+    dataset = dataset.map(
+        lambda path, label: (decode_and_resize(path, image_size), label),
+        num_parallel_calls=AUTOTUNE,
+        deterministic=True,
+    )
+    if cache:
+        dataset = dataset.cache("" if cache is True else str(cache))
+    if training:
+        buffer = shuffle_buffer or len(paths)
+        dataset = dataset.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
+    dataset = dataset.batch(batch_size, drop_remainder=drop_remainder, num_parallel_calls=AUTOTUNE)
+    if training and augment is not None and not augment.is_identity:
+        augmenter = build_augmenter(augment)
+        # One stateless seed pair per batch, drawn afresh each epoch, so augmentation is
+        # reproducible for a given seed yet differs between epochs.
+        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+        dataset = tf.data.Dataset.zip((dataset, seeds)).map(
+            lambda batch, pair: (augmenter(batch[0], pair), batch[1]),
+            num_parallel_calls=AUTOTUNE,
+            deterministic=True,
+        )
+    return dataset.prefetch(AUTOTUNE)
