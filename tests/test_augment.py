@@ -1,4 +1,4 @@
-"""tf_models.augment: legacy ImageDataGenerator meaning of every knob, fused geometry, determinism, tf.data."""
+"""tf_models.augment: legacy ImageDataGenerator meaning of each knob, fused geometry, determinism, tf.data."""
 
 from __future__ import annotations
 
@@ -21,19 +21,28 @@ SEED = tf.constant([7, 11], tf.int64)
 
 # The reference project's ImageDataGenerator arguments, pasted as they were.
 REFERENCE_KWARGS = dict(
-    rotation_range=15, width_shift_range=0.1, height_shift_range=0.1, shear_range=0.1,
-    zoom_range=0.2, horizontal_flip=True, fill_mode="nearest", rescale=1.0 / 255,
+    rotation_range=15,
+    width_shift_range=0.1,
+    height_shift_range=0.1,
+    shear_range=0.1,
+    zoom_range=0.2,
+    horizontal_flip=True,
+    fill_mode="nearest",
+    rescale=1.0 / 255,
 )
 
 
 def _smooth(height: int = 32, width: int = 32, batch: int = 1) -> np.ndarray:
     """A smooth, asymmetric RGB image in 0..255 (bilinear resampling of it is well behaved)."""
     yy, xx = np.mgrid[0:height, 0:width].astype("float32")
-    image = np.stack([
-        127 + 100 * np.sin(xx / 5.0) * np.cos(yy / 7.0),
-        127 + 100 * np.cos((xx + yy) / 6.0),
-        20 + 3 * xx + 2 * yy,
-    ], axis=-1)
+    image = np.stack(
+        [
+            127 + 100 * np.sin(xx / 5.0) * np.cos(yy / 7.0),
+            127 + 100 * np.cos((xx + yy) / 6.0),
+            20 + 3 * xx + 2 * yy,
+        ],
+        axis=-1,
+    )
     return np.repeat(np.clip(image, 0, 255)[None], batch, axis=0).astype("float32")
 
 
@@ -47,7 +56,7 @@ def _dot(height: int, width: int, row: int, col: int, batch: int = 1) -> np.ndar
 def _centroid(image: np.ndarray) -> tuple[float, float]:
     """(row, col) of an image's brightness mass (bilinear spreads a dot over <= 4 pixels)."""
     mass = np.asarray(image)[..., 0]
-    rows, cols = np.mgrid[0:mass.shape[0], 0:mass.shape[1]]
+    rows, cols = np.mgrid[0 : mass.shape[0], 0 : mass.shape[1]]
     total = mass.sum()
     return float((rows * mass).sum() / total), float((cols * mass).sum() / total)
 
@@ -59,7 +68,8 @@ def _augment(config: AugmentConfig, images, seed=SEED) -> np.ndarray:
 def _projective_ops(config: AugmentConfig) -> int:
     fn = tf.function(build_augmenter(config))
     graph = fn.get_concrete_function(
-        tf.TensorSpec([None, 24, 20, 3], tf.float32), tf.TensorSpec([2], tf.int64)).graph
+        tf.TensorSpec([None, 24, 20, 3], tf.float32), tf.TensorSpec([2], tf.int64)
+    ).graph
     return sum(op.type == "ImageProjectiveTransformV3" for op in graph.get_operations())
 
 
@@ -77,8 +87,8 @@ def test_identity_config_returns_input_exactly():
 def test_horizontal_flip_mirrors_exactly_about_half_the_time():
     images = _smooth(12, 9, batch=400)
     out = _augment(AugmentConfig(horizontal_flip=True), images)
-    flipped = np.array([np.array_equal(o, i[:, ::-1]) for o, i in zip(out, images)])
-    kept = np.array([np.array_equal(o, i) for o, i in zip(out, images)])
+    flipped = np.array([np.array_equal(o, i[:, ::-1]) for o, i in zip(out, images, strict=True)])
+    kept = np.array([np.array_equal(o, i) for o, i in zip(out, images, strict=True)])
     assert np.all(flipped ^ kept)  # every image is either mirrored exactly or untouched
     assert 0.4 < flipped.mean() < 0.6
     assert not np.any(np.all(out == out[:, ::-1], axis=(1, 2, 3)))  # sanity: the image is asymmetric
@@ -87,8 +97,8 @@ def test_horizontal_flip_mirrors_exactly_about_half_the_time():
 def test_vertical_flip_mirrors_rows():
     images = _smooth(12, 9, batch=200)
     out = _augment(AugmentConfig(vertical_flip=True), images)
-    flipped = np.array([np.array_equal(o, i[::-1]) for o, i in zip(out, images)])
-    kept = np.array([np.array_equal(o, i) for o, i in zip(out, images)])
+    flipped = np.array([np.array_equal(o, i[::-1]) for o, i in zip(out, images, strict=True)])
+    kept = np.array([np.array_equal(o, i) for o, i in zip(out, images, strict=True)])
     assert np.all(flipped ^ kept) and 0.35 < flipped.mean() < 0.65
 
 
@@ -151,7 +161,9 @@ def test_rotation_is_bounded_by_rotation_range():
     for o in out:
         row, col = _centroid(o)
         angles.append(math.degrees(math.atan2(centre - row, col - centre)))  # counter-clockwise positive
-        assert math.hypot(row - centre, col - centre) == pytest.approx(offset, abs=0.5)  # a rotation about the centre
+        assert math.hypot(row - centre, col - centre) == pytest.approx(
+            offset, abs=0.5
+        )  # a rotation about the centre
     angles = np.array(angles)
     assert np.abs(angles).max() <= 90.5
     assert angles.min() < -60 and angles.max() > 60  # both directions, most of the range
@@ -205,7 +217,9 @@ def test_shear_is_degrees_and_keeps_the_centre():
 def test_brightness_range_is_multiplicative():
     images = _smooth(10, 8, batch=4)
     np.testing.assert_array_equal(_augment(AugmentConfig(brightness_range=(1.0, 1.0)), images), images)
-    np.testing.assert_allclose(_augment(AugmentConfig(brightness_range=(0.5, 0.5)), images), images * 0.5, rtol=1e-6)
+    np.testing.assert_allclose(
+        _augment(AugmentConfig(brightness_range=(0.5, 0.5)), images), images * 0.5, rtol=1e-6
+    )
     out = _augment(AugmentConfig(brightness_range=(0.5, 1.5)), images)
     factors = out.reshape(4, -1)[:, 0] / images.reshape(4, -1)[:, 0]
     assert np.all((factors >= 0.5) & (factors <= 1.5)) and np.ptp(factors) > 0
@@ -215,7 +229,7 @@ def test_brightness_range_is_multiplicative():
 def test_channel_shift_adds_one_offset_clipped_to_the_image_range():
     images = _smooth(16, 16, batch=32)
     out = _augment(AugmentConfig(channel_shift_range=40.0), images)
-    for o, image in zip(out, images):
+    for o, image in zip(out, images, strict=True):
         low, high = image.min(), image.max()
         assert o.min() >= low - 1e-4 and o.max() <= high + 1e-4
         inside = (image > low + 40) & (image < high - 40)  # never clipped
@@ -229,7 +243,9 @@ def test_channel_shift_adds_one_offset_clipped_to_the_image_range():
 def test_fill_mode_constant_uses_cval():
     images = _smooth(12, 16, batch=16)
     for interpolation in ("bilinear", "nearest"):
-        config = AugmentConfig(width_shift_range=[5], fill_mode="constant", cval=77.25, interpolation=interpolation)
+        config = AugmentConfig(
+            width_shift_range=[5], fill_mode="constant", cval=77.25, interpolation=interpolation
+        )
         out = _augment(config, images)
         for o in out:
             left, right = np.all(o[:, :5] == 77.25), np.all(o[:, -5:] == 77.25)
@@ -254,14 +270,22 @@ def test_nearest_interpolation_matches_the_kernel_on_the_image_bit_for_bit():
 
     images = tf.constant(_smooth(23, 19, batch=4))
     angles = np.radians([17.0, -33.0, 5.0, 90.0])
-    matrices = np.stack([
-        [[np.cos(a) * 1.1, -np.sin(a), 4.3], [np.sin(a), np.cos(a) * 0.9, -2.6], [0.0, 0.0, 1.0]] for a in angles
-    ]).astype("float32")
+    matrices = np.stack(
+        [
+            [[np.cos(a) * 1.1, -np.sin(a), 4.3], [np.sin(a), np.cos(a) * 0.9, -2.6], [0.0, 0.0, 1.0]]
+            for a in angles
+        ]
+    ).astype("float32")
     for fill_mode in ("constant", "reflect", "wrap", "nearest"):
         ours = _resample(images, tf.constant(matrices), fill_mode, 9.0, "nearest").numpy()
         reference = tf.raw_ops.ImageProjectiveTransformV3(
-            images=images, transforms=tf.constant(matrices.reshape(4, 9)[:, :8]), output_shape=[23, 19],
-            fill_value=9.0, interpolation="NEAREST", fill_mode=fill_mode.upper()).numpy()
+            images=images,
+            transforms=tf.constant(matrices.reshape(4, 9)[:, :8]),
+            output_shape=[23, 19],
+            fill_value=9.0,
+            interpolation="NEAREST",
+            fill_mode=fill_mode.upper(),
+        ).numpy()
         np.testing.assert_array_equal(ours, reference, err_msg=fill_mode)
     assert np.any(ours != images.numpy())
 
@@ -295,8 +319,9 @@ def test_color_jitter_follows_torchvision_meaning():
     # Contrast keeps the mean gray level (no clipping at this strength).
     out = _augment(AugmentConfig(color_jitter=(0.0, 0.2, 0.0, 0.0)), images)
     weights = np.array([0.2989, 0.587, 0.114], "float32")
-    np.testing.assert_allclose((out * weights).sum(-1).mean((1, 2)), (images * weights).sum(-1).mean((1, 2)),
-                               rtol=1e-4)
+    np.testing.assert_allclose(
+        (out * weights).sum(-1).mean((1, 2)), (images * weights).sum(-1).mean((1, 2)), rtol=1e-4
+    )
     # Hue moves colours of a coloured image.
     out = _augment(AugmentConfig(color_jitter=(0.0, 0.0, 0.0, 0.5)), images)
     assert np.abs(out - images).mean() > 5
@@ -325,10 +350,19 @@ def test_random_erasing_paints_one_mean_coloured_rectangle():
 
 
 def test_several_geometric_transforms_resample_once():
-    many = AugmentConfig(rotation_range=20, width_shift_range=0.1, height_shift_range=0.1, shear_range=5,
-                         zoom_range=0.2, horizontal_flip=True, vertical_flip=True,
-                         random_resized_crop_scale=(0.6, 1.0), brightness_range=(0.8, 1.2),
-                         color_jitter=(0.2, 0.2, 0.2, 0.05), random_erasing=0.5)
+    many = AugmentConfig(
+        rotation_range=20,
+        width_shift_range=0.1,
+        height_shift_range=0.1,
+        shear_range=5,
+        zoom_range=0.2,
+        horizontal_flip=True,
+        vertical_flip=True,
+        random_resized_crop_scale=(0.6, 1.0),
+        brightness_range=(0.8, 1.2),
+        color_jitter=(0.2, 0.2, 0.2, 0.05),
+        random_erasing=0.5,
+    )
     assert _projective_ops(many) == 1
     assert _projective_ops(PRESETS["aggressive"]) == 1
     assert _projective_ops(AugmentConfig(horizontal_flip=True, vertical_flip=True)) == 0  # exact reversals
@@ -351,13 +385,23 @@ def test_same_seed_same_output_different_seed_different_output():
     assert np.abs(first[0] - first[1]).mean() > 1
 
 
-@pytest.mark.parametrize("config", [
-    AugmentConfig(rotation_range=30), AugmentConfig(width_shift_range=0.2), AugmentConfig(height_shift_range=0.2),
-    AugmentConfig(shear_range=20), AugmentConfig(zoom_range=0.3), AugmentConfig(horizontal_flip=True),
-    AugmentConfig(random_resized_crop_scale=(0.3, 0.9)), AugmentConfig(brightness_range=(0.5, 1.5)),
-    AugmentConfig(channel_shift_range=50), AugmentConfig(color_jitter=(0.4, 0.4, 0.4, 0.1)),
-    AugmentConfig(random_erasing=0.9),
-], ids=lambda c: next(f"{k}" for k, v in vars(c).items() if v != getattr(AugmentConfig(), k)))
+@pytest.mark.parametrize(
+    "config",
+    [
+        AugmentConfig(rotation_range=30),
+        AugmentConfig(width_shift_range=0.2),
+        AugmentConfig(height_shift_range=0.2),
+        AugmentConfig(shear_range=20),
+        AugmentConfig(zoom_range=0.3),
+        AugmentConfig(horizontal_flip=True),
+        AugmentConfig(random_resized_crop_scale=(0.3, 0.9)),
+        AugmentConfig(brightness_range=(0.5, 1.5)),
+        AugmentConfig(channel_shift_range=50),
+        AugmentConfig(color_jitter=(0.4, 0.4, 0.4, 0.1)),
+        AugmentConfig(random_erasing=0.9),
+    ],
+    ids=lambda c: next(f"{k}" for k, v in vars(c).items() if v != getattr(AugmentConfig(), k)),
+)
 def test_every_knob_draws_from_the_seed(config):
     images = _smooth(20, 16, batch=8)
     augment = build_augmenter(config)
@@ -378,7 +422,9 @@ def test_single_image_and_uint8_input():
 
 def test_runs_inside_tf_data_on_batches_including_a_partial_one():
     images = _smooth(18, 14, batch=10)
-    augment = build_augmenter(AugmentConfig.from_dict({k: v for k, v in REFERENCE_KWARGS.items() if k != "rescale"}))
+    augment = build_augmenter(
+        AugmentConfig.from_dict({k: v for k, v in REFERENCE_KWARGS.items() if k != "rescale"})
+    )
     dataset = tf.data.Dataset.from_tensor_slices(images).batch(4).map(lambda x: augment(x, SEED))
     batches = [b.numpy() for b in dataset]
     assert [b.shape[0] for b in batches] == [4, 4, 2]
@@ -415,8 +461,11 @@ def test_unknown_preset_lists_valid_names_and_echoes_the_value():
 def test_from_dict_accepts_a_pasted_reference_dict_and_ignores_rescale():
     with pytest.warns(RescaleIgnoredWarning, match="62%"):
         config = AugmentConfig.from_dict(REFERENCE_KWARGS)
-    assert config.rotation_range == 15 and config.width_shift_range == 0.1 and config.zoom_bounds == pytest.approx(
-        (0.8, 1.2))
+    assert (
+        config.rotation_range == 15
+        and config.width_shift_range == 0.1
+        and config.zoom_bounds == pytest.approx((0.8, 1.2))
+    )
     assert config.has_geometry and config.rescale == pytest.approx(1 / 255)
     out = _augment(config, _smooth(20, 16, batch=2))
     assert out.max() > 100  # still 0..255: rescale was not applied
@@ -443,15 +492,18 @@ def test_from_dict_unknown_key_is_named_with_valid_keys_listed():
     assert "width_shift_range" in message and "brightness_range" in message  # valid keys listed
 
 
-@pytest.mark.parametrize("key, value, hint", [
-    ("featurewise_center", True, "inside the model"),
-    ("samplewise_std_normalization", True, "inside the model"),
-    ("zca_whitening", True, "ZCA"),
-    ("preprocessing_function", lambda x: x, "tf.data map"),
-    ("validation_split", 0.2, "split the data"),
-    ("data_format", "channels_first", "channels-last"),
-    ("interpolation_order", 3, "only 0 (nearest) and 1 (bilinear)"),
-])
+@pytest.mark.parametrize(
+    "key, value, hint",
+    [
+        ("featurewise_center", True, "inside the model"),
+        ("samplewise_std_normalization", True, "inside the model"),
+        ("zca_whitening", True, "ZCA"),
+        ("preprocessing_function", lambda x: x, "tf.data map"),
+        ("validation_split", 0.2, "split the data"),
+        ("data_format", "channels_first", "channels-last"),
+        ("interpolation_order", 3, "only 0 (nearest) and 1 (bilinear)"),
+    ],
+)
 def test_from_dict_legacy_keys_without_a_counterpart_explain_what_to_do(key, value, hint):
     with pytest.raises(ValueError, match="Unsupported") as error:
         AugmentConfig.from_dict({"horizontal_flip": True, key: value})
@@ -459,10 +511,20 @@ def test_from_dict_legacy_keys_without_a_counterpart_explain_what_to_do(key, val
 
 
 def test_from_dict_legacy_keys_at_harmless_defaults_are_accepted():
-    legacy_defaults = dict(featurewise_center=False, samplewise_center=False, featurewise_std_normalization=False,
-                           samplewise_std_normalization=False, zca_whitening=False, zca_epsilon=1e-6,
-                           preprocessing_function=None, data_format=None, validation_split=0.0,
-                           interpolation_order=1, dtype=None, horizontal_flip=True)
+    legacy_defaults = dict(
+        featurewise_center=False,
+        samplewise_center=False,
+        featurewise_std_normalization=False,
+        samplewise_std_normalization=False,
+        zca_whitening=False,
+        zca_epsilon=1e-6,
+        preprocessing_function=None,
+        data_format=None,
+        validation_split=0.0,
+        interpolation_order=1,
+        dtype=None,
+        horizontal_flip=True,
+    )
     config = AugmentConfig.from_dict(legacy_defaults)
     assert config.horizontal_flip and config.interpolation == "bilinear"
     assert AugmentConfig.from_dict({"interpolation_order": 0}).interpolation == "nearest"
@@ -470,11 +532,21 @@ def test_from_dict_legacy_keys_at_harmless_defaults_are_accepted():
         AugmentConfig.from_dict({"dtype": "float16"})
 
 
-@pytest.mark.parametrize("kwargs", [
-    dict(fill_mode="mirror"), dict(zoom_range=1.5), dict(zoom_range=(1.2, 0.8)), dict(rotation_range=-5),
-    dict(color_jitter=(0.1, 0.1, 0.1, 0.7)), dict(random_erasing=1.5), dict(brightness_range=(0.5,)),
-    dict(random_resized_crop_scale=(0.5, 1.2)), dict(width_shift_range="0.1"), dict(interpolation="bicubic"),
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(fill_mode="mirror"),
+        dict(zoom_range=1.5),
+        dict(zoom_range=(1.2, 0.8)),
+        dict(rotation_range=-5),
+        dict(color_jitter=(0.1, 0.1, 0.1, 0.7)),
+        dict(random_erasing=1.5),
+        dict(brightness_range=(0.5,)),
+        dict(random_resized_crop_scale=(0.5, 1.2)),
+        dict(width_shift_range="0.1"),
+        dict(interpolation="bicubic"),
+    ],
+)
 def test_invalid_settings_are_rejected(kwargs):
     with pytest.raises(ValueError):
         AugmentConfig(**kwargs)
@@ -501,17 +573,21 @@ LEGACY_WARNINGS = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def legacy():
     image = pytest.importorskip(
         "tf_keras.preprocessing.image",
-        reason="tf_keras (the legacy ImageDataGenerator, in requirements-dev.txt) is not installed")
+        reason="tf_keras (the legacy ImageDataGenerator, in requirements-dev.txt) is not installed",
+    )
     return image
 
 
-@pytest.mark.parametrize("params", [
-    {"theta": 20},
-    {"tx": 3, "ty": -2},
-    {"shear": 15},
-    {"zx": 0.8, "zy": 1.2},
-    {"theta": 20, "tx": 3, "ty": -2, "shear": 10, "zx": 0.9, "zy": 1.1, "flip_horizontal": True},
-])
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"theta": 20},
+        {"tx": 3, "ty": -2},
+        {"shear": 15},
+        {"zx": 0.8, "zy": 1.2},
+        {"theta": 20, "tx": 3, "ty": -2, "shear": 10, "zx": 0.9, "zy": 1.1, "flip_horizontal": True},
+    ],
+)
 @pytest.mark.parametrize("fill_mode", ["nearest", "reflect"])
 @LEGACY_WARNINGS
 def test_matches_legacy_apply_transform(legacy, params, fill_mode):
@@ -519,9 +595,16 @@ def test_matches_legacy_apply_transform(legacy, params, fill_mode):
     image = _smooth(40, 40)[0]
     expected = legacy.ImageDataGenerator(fill_mode=fill_mode).apply_transform(image.copy(), params)
     ours = apply_affine(
-        image[None], theta=params.get("theta", 0.0), shift_x=params.get("tx", 0.0), shift_y=params.get("ty", 0.0),
-        shear=params.get("shear", 0.0), zoom_x=params.get("zx", 1.0), zoom_y=params.get("zy", 1.0),
-        flip_horizontal=params.get("flip_horizontal", False), fill_mode=fill_mode)[0].numpy()
+        image[None],
+        theta=params.get("theta", 0.0),
+        shift_x=params.get("tx", 0.0),
+        shift_y=params.get("ty", 0.0),
+        shear=params.get("shear", 0.0),
+        zoom_x=params.get("zx", 1.0),
+        zoom_y=params.get("zy", 1.0),
+        flip_horizontal=params.get("flip_horizontal", False),
+        fill_mode=fill_mode,
+    )[0].numpy()
     # scipy's order-1 spline is bilinear interpolation: same numbers up to float32 rounding.
     assert np.abs(ours - expected).mean() < 0.01
     assert np.abs(ours - expected).max() < 0.5
@@ -533,7 +616,8 @@ def test_matches_legacy_flip_brightness_and_channel_shift(legacy):
     generator = legacy.ImageDataGenerator()
     np.testing.assert_array_equal(
         apply_affine(image[None], flip_horizontal=True)[0].numpy(),
-        generator.apply_transform(image.copy(), {"flip_horizontal": True}))
+        generator.apply_transform(image.copy(), {"flip_horizontal": True}),
+    )
     # Legacy brightness goes through an 8-bit PIL image: equal up to its rounding.
     ours = _augment(AugmentConfig(brightness_range=(0.5, 0.5)), image[None])[0]
     assert np.abs(ours - legacy.apply_brightness_shift(image.copy(), 0.5, scale=False)).max() <= 1.0
@@ -541,4 +625,6 @@ def test_matches_legacy_flip_brightness_and_channel_shift(legacy):
     ours = _augment(AugmentConfig(channel_shift_range=50.0), image[None])[0]
     middle = (image > image.min() + 50) & (image < image.max() - 50)
     intensity = float(np.median((ours - image)[middle]))
-    np.testing.assert_allclose(ours, legacy.apply_channel_shift(image.copy(), intensity, channel_axis=2), atol=1e-3)
+    np.testing.assert_allclose(
+        ours, legacy.apply_channel_shift(image.copy(), intensity, channel_axis=2), atol=1e-3
+    )

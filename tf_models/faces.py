@@ -214,11 +214,12 @@ def _as_rgb_uint8(image: Any, what: str = "image") -> np.ndarray:
     return image
 
 
-def _resize(image: np.ndarray, width: int, height: int, resample: int) -> np.ndarray:
-    # reducing_gap first shrinks by an integer factor with a box filter: much faster on phone
-    # photos and, at >= 2, indistinguishable from a plain resample.
+def _resize(image: np.ndarray, width: int, height: int, resample: int, reducing_gap: float) -> np.ndarray:
+    # reducing_gap lets PIL first shrink by a whole factor with a box filter (an area average,
+    # what mtcnn itself uses for its pyramid), then resample the rest: 1.0 is ~5x faster than a
+    # plain bilinear resize of a big photo; larger gaps are closer to a fair resample.
     pil = Image.fromarray(np.ascontiguousarray(image))
-    return np.asarray(pil.resize((width, height), resample, reducing_gap=2.0))
+    return np.asarray(pil.resize((width, height), resample, reducing_gap=reducing_gap))
 
 
 class FaceDetector:
@@ -275,7 +276,7 @@ class FaceDetector:
         scale = min(1.0, self.detect_max_side / max(height, width))
         if scale < 1.0:
             small = _resize(image, max(1, round(width * scale)), max(1, round(height * scale)),
-                            Image.Resampling.BILINEAR)
+                            Image.Resampling.BILINEAR, reducing_gap=1.0)
         else:
             small = image
         sx, sy = width / small.shape[1], height / small.shape[0]
@@ -396,4 +397,4 @@ def crop_face(
     if square.shape[:2] == (out_h, out_w):
         return np.ascontiguousarray(square)
     # LANCZOS: sharp when shrinking (most faces in photos) and clean when enlarging small faces.
-    return _resize(square, out_w, out_h, Image.Resampling.LANCZOS)
+    return _resize(square, out_w, out_h, Image.Resampling.LANCZOS, reducing_gap=3.0)

@@ -24,9 +24,18 @@ def decode_and_resize(path: tf.Tensor, image_size: tuple[int, int]) -> tf.Tensor
     data = tf.io.read_file(path)
     image = tf.io.decode_image(data, channels=3, expand_animations=False, dtype=tf.uint8)
     image.set_shape([None, None, 3])
-    # antialias: downscaling large photos without it aliases badly; cheap at face-crop sizes.
-    image = tf.image.resize(image, image_size, method="bilinear", antialias=True)
-    return tf.clip_by_value(image, 0.0, 255.0)
+    target = tf.constant(image_size, dtype=tf.int32)
+
+    def resized() -> tf.Tensor:
+        # antialias: downscaling large photos without it aliases badly.
+        return tf.clip_by_value(tf.image.resize(image, target, method="bilinear", antialias=True), 0.0, 255.0)
+
+    # Files already at the model's size (CelebA at 218x178, cached face crops) skip the resize:
+    # it is the most expensive step of the pipeline and would be a no-op.
+    same_size = tf.reduce_all(tf.equal(tf.shape(image)[:2], target))
+    image = tf.cond(same_size, lambda: tf.cast(image, tf.float32), resized)
+    image.set_shape([image_size[0], image_size[1], 3])
+    return image
 
 
 def make_dataset(
