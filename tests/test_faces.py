@@ -62,8 +62,9 @@ def _assert_inside(face: DetectedFace, image: np.ndarray) -> None:
 # --- detection on real photos ----------------------------------------------------------------
 
 
-def test_single_face_scene(detector):
+def test_single_face_scene(detector, reference_mtcnn):
     image = _load_rgb(SCENES / SINGLE_FACE_SCENE)
+    assert len(_reference_boxes(reference_mtcnn, image, 0.0)) == 1  # the premise: one face, full size
     found = detector.detect(image)
 
     assert len(found) == 1
@@ -126,7 +127,8 @@ def test_boxes_map_back_to_original_pixels(detector):
 
 def test_small_faces_in_a_large_photo(detector, reference_mtcnn):
     # The group photo shrunk to faces of ~22-60 px, on a 1280x960 canvas: detection runs on a
-    # 640x480 copy where they are 11-30 px, so min_face_size must be mapped, not passed through.
+    # 640x480 copy where they are 11-30 px, near PNet's limit. (The min_face_size mapping itself
+    # is checked exactly below, with a stand-in MTCNN: MTCNN's own limit is too soft to pin it.)
     group = Image.open(_require(SCENES / "deepface_selfie-many-people.jpg")).convert("RGB")
     canvas = Image.new("RGB", (1280, 960), (120, 120, 120))
     canvas.paste(group.resize((180, 181), Image.Resampling.LANCZOS), (500, 400))
@@ -159,6 +161,28 @@ def test_large_min_face_size_still_detects(detector):
     for min_face_size in (40, 150):
         found = get_face_detector(min_face_size=min_face_size).detect(image)
         assert len(found) == 1 and box_iou(found[0].box, reference) > 0.7
+
+
+def test_pyramid_longer_than_one_graph_call(detector):
+    # A fine pyramid step on a full-size photo needs ~30 levels: two chunks of PNet calls, whose
+    # outputs must stay aligned with their scales or the boxes land in the wrong place.
+    image = _load_rgb(SCENES / SINGLE_FACE_SCENE)
+    fine = FaceDetector(detect_max_side=2048, min_face_size=12, scale_factor=0.85)
+    assert len(faces._pyramid_scales(min(image.shape[:2]), 12, 0.85)) > faces._PYRAMID_CHUNK
+    found = fine.detect(image)
+    assert len(found) == 1
+    assert box_iou(found[0].box, detector.detect(image)[0].box) > 0.7
+
+
+@pytest.mark.parametrize(
+    ("min_side", "min_face_size", "scale_factor"),
+    [(480, 12, 0.709), (1152, 20, 0.709), (178, 20, 0.5), (30, 25, 0.709)],
+)
+def test_pyramid_spans_min_face_to_whole_image(min_side, min_face_size, scale_factor):
+    scales = faces._pyramid_scales(min_side, min_face_size, scale_factor)
+    assert scales[0] == pytest.approx(12 / min_face_size)
+    assert min_side * scales[-1] >= 12 > min_side * scales[-1] * scale_factor  # last level PNet can run
+    assert all(b == pytest.approx(a * scale_factor) for a, b in zip(scales, scales[1:]))
 
 
 @pytest.mark.parametrize(("pad", "scale_factor"), [(0.0, faces.DEFAULT_SCALE_FACTOR), (0.1, 0.6)])
@@ -319,6 +343,23 @@ def test_mtcnn_is_built_once_under_concurrency(monkeypatch):
         t.join()
     assert len(builds) == 1
     assert len(results) == 8 and all(r is results[0] for r in results)
+
+
+def test_concurrent_detection_matches_sequential(detector):
+    names = (SINGLE_FACE_SCENE, "deepface_couple.jpg", "vader_obama.jpg")
+    images = [_load_rgb(SCENES / name) for name in names]
+    expected = [[f.box for f in detector.detect(image)] for image in images]
+    results: dict[int, list] = {}
+
+    def work(i: int) -> None:
+        results[i] = [f.box for f in detector.detect(images[i % len(images)])]
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [results[i] for i in range(6)] == expected * 2
 
 
 # --- crop_face -------------------------------------------------------------------------------

@@ -4,11 +4,12 @@ Detection answers "where are the faces" in the original image's pixels; cropping
 into the fixed-size, undistorted patch a classifier eats. Nothing here knows about models.
 
 Speed. ``mtcnn.MTCNN().detect_faces`` on a full-size 1280x960 photo takes ~300 ms on a 2-core
-CPU. We get under 100 ms without losing faces by
+CPU; :meth:`FaceDetector.detect` takes well under 100 ms, finding the same faces, by
 
 1. detecting on a copy whose longer side is at most ``detect_max_side`` and mapping boxes back;
-2. running MTCNN's three networks as traced ``tf.function`` graphs instead of layer-by-layer
-   eager calls (halves the time on its own; results are the same);
+2. running all of PNet's pyramid levels in ONE traced ``tf.function`` call (levels run in
+   parallel, one Python dispatch) and RNet/ONet as traced graphs, instead of mtcnn's
+   layer-by-layer eager calls (about 4x less time in the networks, same results);
 3. feeding float32, so mtcnn normalises and resizes in float32 rather than float64.
 
 Correctness. mtcnn 1.0's image pyramid has a bug: the number of levels depends only on the
@@ -59,8 +60,9 @@ MTCNN_MIN_FACE = 12
 DEFAULT_DETECT_MAX_SIDE = 640
 DEFAULT_MIN_FACE_SIZE = 20  # mtcnn's own default, here in ORIGINAL image pixels
 DEFAULT_MIN_CONFIDENCE = 0.9
-# The MTCNN paper's pyramid step (1/sqrt(2)): PNet was trained for it. Coarser steps (0.6, 0.5)
-# are faster but leave faces whose size falls between two levels to PNet's luck.
+# The reference implementation's pyramid step (~1/sqrt(2)). Coarser steps (0.6, 0.5) are faster
+# but a face whose size falls between two levels gets weaker proposals; 0.709 already meets the
+# speed target (scripts/bench_detection.py).
 DEFAULT_SCALE_FACTOR = 0.709
 
 KEYPOINT_NAMES = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
@@ -94,8 +96,8 @@ class _GraphModel:
     """Calls a Keras network through one traced ``tf.function``.
 
     Eager Keras runs every layer (and each PReLU's four ops) from Python; at MTCNN's tiny sizes
-    that overhead is about half of the detection time. One fixed input signature with free
-    batch/height/width means a single trace, never a retrace per pyramid level.
+    that overhead is about half of the network's time. The input signature leaves the batch
+    (number of candidate boxes) free: one trace, whatever the image.
     """
 
     def __init__(self, model: Any, input_shape: tuple[int | None, ...]) -> None:
@@ -201,7 +203,7 @@ _MTCNN: MTCNN | None = None
 
 
 def _shared_mtcnn() -> MTCNN:
-    """The one MTCNN of this process, built on first use (loading weights takes ~1 s)."""
+    """The one MTCNN of this process, built on first use (the first detection then traces ~1 s)."""
     global _MTCNN
     if _MTCNN is None:
         with _MTCNN_LOCK:
@@ -242,7 +244,7 @@ def _as_rgb_uint8(image: Any, what: str = "image") -> np.ndarray:
 
 def _resize(image: np.ndarray, width: int, height: int, resample: int, reducing_gap: float) -> np.ndarray:
     # reducing_gap lets PIL first shrink by a whole factor with a box filter (an area average,
-    # what mtcnn itself uses for its pyramid), then resample the rest: 1.0 is ~5x faster than a
+    # what mtcnn itself uses for its pyramid), then resample the rest: 1.0 is 3-6x faster than a
     # plain bilinear resize of a big photo; larger gaps are closer to a fair resample.
     pil = Image.fromarray(np.ascontiguousarray(image))
     return np.asarray(pil.resize((width, height), resample, reducing_gap=reducing_gap))
