@@ -18,13 +18,9 @@ from __future__ import annotations
 
 import argparse
 import csv
-import importlib.metadata
-import os
-import platform
 import statistics
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
@@ -35,6 +31,7 @@ from tqdm import tqdm
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))  # run as a plain script from anywhere
 
+from tf_models.benchmarking import machine_info  # noqa: E402
 from tf_models.faces import box_iou, get_face_detector  # noqa: E402
 
 DEFAULT_SCENES = REPO_ROOT.parent / "shared" / "data" / "scenes"
@@ -57,32 +54,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.repeats < 1:
         parser.error("--repeats must be >= 1")
     return args
-
-
-def machine_info() -> dict[str, str]:
-    """What the numbers were measured on; the load average says how busy the machine was."""
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    load = " / ".join(f"{v:.2f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
-    import tensorflow as tf
-
-    return {
-        "cpu": cpu,
-        "cores": str(cores),
-        "load average at start (1/5/15 min)": load,
-        "python": platform.python_version(),
-        "tensorflow": tf.__version__,
-        "keras": importlib.metadata.version("keras"),
-        "mtcnn": importlib.metadata.version("mtcnn"),
-        "date (UTC)": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M"),
-    }
 
 
 def load_rgb(path: Path) -> np.ndarray:
@@ -199,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     latency_path = args.scenes / LATENCY_SCENE
     if not latency_path.exists():
         latency_path = scenes[0]
-    machine = machine_info()
+    machine = machine_info(("tensorflow", "keras", "mtcnn"))
 
     from mtcnn import MTCNN
 

@@ -22,7 +22,6 @@ import argparse
 import csv
 import math
 import os
-import platform
 import resource
 import statistics
 import sys
@@ -42,20 +41,11 @@ import pandas as pd  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from tf_models.augment import AugmentConfig, RescaleIgnoredWarning, build_augmenter  # noqa: E402
+from tf_models.augment import REFERENCE_GENERATOR_ARGS, AugmentConfig, RescaleIgnoredWarning, build_augmenter  # noqa: E402
+from tf_models.benchmarking import machine_info  # noqa: E402
 
 DEFAULT_DATA_DIR = REPO_ROOT.parent / "shared" / "data" / "celeba"
 IMAGE_SIZE = (218, 178)  # (height, width): CelebA's aligned crops, no resizing needed
-# The reference project's ImageDataGenerator arguments, pasted as they were.
-REFERENCE_SETTINGS = dict(
-    rotation_range=15,
-    width_shift_range=0.1,
-    height_shift_range=0.1,
-    shear_range=0.1,
-    zoom_range=0.2,
-    horizontal_flip=True,
-    rescale=1.0 / 255,
-)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -135,7 +125,7 @@ def legacy_variant(frame: pd.DataFrame, data_dir: Path, x_col: str, batch_size: 
     from tf_keras.preprocessing.image import ImageDataGenerator
 
     frame = frame.assign(**{"label_str": frame["label"].astype(str)})  # class_mode='binary' wants strings
-    generator = ImageDataGenerator(**REFERENCE_SETTINGS)
+    generator = ImageDataGenerator(**REFERENCE_GENERATOR_ARGS)
     iterator = generator.flow_from_dataframe(
         frame,
         directory=str(data_dir / "img_align_celeba"),
@@ -241,40 +231,9 @@ def augment_only_pass(config: AugmentConfig, n: int, batch_size: int) -> Callabl
     return one_pass
 
 
-def machine_description() -> dict[str, str]:
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        import tf_keras
-
-        tf_keras_version = tf_keras.__version__
-    except ImportError:
-        tf_keras_version = "not installed"
-    import keras
-
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    load = " / ".join(f"{v:.2f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
-    return {
-        "cpu": cpu,
-        "cores": str(cores),
-        "load average at start (1/5/15 min)": load,
-        "python": platform.python_version(),
-        "tensorflow": tf.__version__,
-        "keras": keras.__version__,
-        "tf_keras": tf_keras_version,
-        "gpu": ", ".join(d.name for d in tf.config.list_physical_devices("GPU")) or "none",
-    }
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    machine = machine_description()  # before anything runs, so the load average is the neighbours'
+    machine = machine_info(("tensorflow", "keras", "tf_keras"))  # before anything runs, so the load average is the neighbours'
     frame = load_files(args.data_dir, args.labels_csv, args.x_col, args.y_col, args.n)
     paths, labels = frame["path"].tolist(), frame["label"].tolist()
     n, batch_size, repeats = args.n, args.batch_size, args.repeats
@@ -282,8 +241,8 @@ def main(argv: list[str] | None = None) -> int:
         warnings.simplefilter(
             "ignore", RescaleIgnoredWarning
         )  # by design: rescale is pasted in, never applied
-        config = AugmentConfig.from_dict(REFERENCE_SETTINGS)
-    nearest = AugmentConfig.from_dict({**REFERENCE_SETTINGS, "rescale": None, "interpolation_order": 0})
+        config = AugmentConfig.from_dict(REFERENCE_GENERATOR_ARGS)
+    nearest = AugmentConfig.from_dict({**REFERENCE_GENERATOR_ARGS, "rescale": None, "interpolation_order": 0})
     make_dataset, source = resolve_make_dataset(frame)
 
     def pipeline(augment: AugmentConfig | None, training: bool = True, cache: bool = False):
@@ -365,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
         writer.writeheader()
         writer.writerows(rows)
     settings = ", ".join(
-        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in REFERENCE_SETTINGS.items()
+        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in REFERENCE_GENERATOR_ARGS.items()
     )
     lines = [
         "# Input pipeline: legacy ImageDataGenerator vs tf.data + fused augmentation",

@@ -12,6 +12,7 @@ import tensorflow as tf
 from tf_models.augment import (
     PRESETS,
     AugmentConfig,
+    REFERENCE_GENERATOR_ARGS,
     RescaleIgnoredWarning,
     apply_affine,
     build_augmenter,
@@ -19,17 +20,6 @@ from tf_models.augment import (
 
 SEED = tf.constant([7, 11], tf.int64)
 
-# The reference project's ImageDataGenerator arguments, pasted as they were.
-REFERENCE_KWARGS = dict(
-    rotation_range=15,
-    width_shift_range=0.1,
-    height_shift_range=0.1,
-    shear_range=0.1,
-    zoom_range=0.2,
-    horizontal_flip=True,
-    fill_mode="nearest",
-    rescale=1.0 / 255,
-)
 
 
 def _smooth(height: int = 32, width: int = 32, batch: int = 1) -> np.ndarray:
@@ -423,7 +413,7 @@ def test_single_image_and_uint8_input():
 def test_runs_inside_tf_data_on_batches_including_a_partial_one():
     images = _smooth(18, 14, batch=10)
     augment = build_augmenter(
-        AugmentConfig.from_dict({k: v for k, v in REFERENCE_KWARGS.items() if k != "rescale"})
+        AugmentConfig.from_dict({k: v for k, v in REFERENCE_GENERATOR_ARGS.items() if k != "rescale"})
     )
     dataset = tf.data.Dataset.from_tensor_slices(images).batch(4).map(lambda x: augment(x, SEED))
     batches = [b.numpy() for b in dataset]
@@ -460,7 +450,7 @@ def test_unknown_preset_lists_valid_names_and_echoes_the_value():
 
 def test_from_dict_accepts_a_pasted_reference_dict_and_ignores_rescale():
     with pytest.warns(RescaleIgnoredWarning, match="62%"):
-        config = AugmentConfig.from_dict(REFERENCE_KWARGS)
+        config = AugmentConfig.from_dict(REFERENCE_GENERATOR_ARGS)
     assert (
         config.rotation_range == 15
         and config.width_shift_range == 0.1

@@ -16,10 +16,21 @@ from tf_models.backbones import (
     get_backbone,
     list_backbones,
 )
+from tf_models.augment import AugmentConfig
+from tf_models.celeba import load_celeba
 from tf_models.classifier import MODES, REFERENCE_HEAD, HeadConfig, build_classifier
+from tf_models.config import TrainConfig
+from tf_models.pipeline import make_dataset
+from tf_models.students import CropSettings, load_students
 from tf_models.preprocessing import ImagePreprocessing
 
 __all__ = [
+    "AugmentConfig",
+    "CropSettings",
+    "TrainConfig",
+    "load_celeba",
+    "load_students",
+    "make_dataset",
     "BACKBONES",
     "BackboneSpec",
     "HeadConfig",

@@ -387,6 +387,19 @@ class AugmentConfig:
         return cls(**kwargs)
 
 
+# The reference project's ImageDataGenerator arguments as they were pasted (the pipeline benchmark's
+# settings): what AugmentConfig.from_dict must accept unchanged.
+REFERENCE_GENERATOR_ARGS: dict = dict(
+    rotation_range=15,
+    width_shift_range=0.1,
+    height_shift_range=0.1,
+    shear_range=0.1,
+    zoom_range=0.2,
+    horizontal_flip=True,
+    fill_mode="nearest",
+    rescale=1.0 / 255,
+)
+
 PRESETS: dict[str, AugmentConfig] = {
     # No augmentation (evaluation, or a baseline run).
     "none": AugmentConfig(),

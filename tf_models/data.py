@@ -16,7 +16,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from tf_models.filescan import duplicate_clusters
+from tf_models.filescan import UnionFind, duplicate_clusters
 from tf_models.splits import SPLITS
 
 DEDUP_MODES = ("group", "drop", "keep")
@@ -155,9 +155,7 @@ def apply_duplicates(frame: pd.DataFrame, report: DataReport, mode: str, near_bi
 
 def _merge_groups(groups: np.ndarray, clusters: np.ndarray) -> np.ndarray:
     """Connected components of 'same group' and 'same duplicate cluster'."""
-    from tf_models.filescan import _UnionFind
-
-    uf = _UnionFind(len(groups))
+    uf = UnionFind(len(groups))
     for key_column in (groups, clusters):
         first: dict = {}
         for i, key in enumerate(key_column):

@@ -16,11 +16,12 @@ from typing import Iterable, Sequence
 import imagehash
 import numpy as np
 import pandas as pd
-from PIL import Image
 from tqdm.auto import tqdm
 
-from tf_models.images import ImageReadError, check_image, read_image
+from tf_models.images import ImageReadError, check_image, to_rgb
 
+# Bump when a column is computed differently, so old cache files are not mixed with new rows.
+SCAN_VERSION = 2
 SCAN_COLUMNS = ["path", "size", "mtime", "ok", "reason", "sha1", "phash", "tf_ok"]
 # Perceptual hashes within this Hamming distance (of 64 bits) count as near-duplicates: re-encoded
 # or resized copies land at 0-2; different photos of one person rarely fall under 10.
@@ -37,12 +38,10 @@ def _scan_one(path: str) -> dict:
     row = {"path": path, "size": stat.st_size if stat else -1, "mtime": stat.st_mtime if stat else -1.0,
            "ok": False, "reason": "", "sha1": "", "phash": "", "tf_ok": False}
     try:
-        tf_ok, _ = check_image(path)
-        data = Path(path).read_bytes()
-        row["sha1"] = hashlib.sha1(data).hexdigest()
-        with Image.open(path) as image:
-            image.draft("L", (128, 128))  # JPEG: decode at reduced scale, enough for a 32x32 hash
-            row["phash"] = str(imagehash.phash(image.convert("L")))
+        tf_ok, image = check_image(path)  # the one full decode of this file
+        with image:
+            row["phash"] = str(imagehash.phash(to_rgb(image).convert("L")))
+        row["sha1"] = hashlib.sha1(Path(path).read_bytes()).hexdigest()
         row.update(ok=True, tf_ok=tf_ok)
     except ImageReadError as err:
         row["reason"] = err.reason
@@ -55,6 +54,8 @@ def scan_files(paths: Sequence[str | Path], cache_file: Path | None = None, work
                desc: str = "checking images") -> pd.DataFrame:
     """Validates and hashes ``paths``; one row per path, in order. Results are cached by (path, size, mtime)."""
     paths = [str(p) for p in paths]
+    if cache_file is not None:
+        cache_file = cache_file.with_name(f"{cache_file.stem}-v{SCAN_VERSION}{cache_file.suffix}")
     cached = pd.DataFrame(columns=SCAN_COLUMNS)
     if cache_file is not None and cache_file.is_file():
         cached = pd.read_csv(cache_file, dtype={"sha1": str, "phash": str, "reason": str},
@@ -89,7 +90,9 @@ def scan_files(paths: Sequence[str | Path], cache_file: Path | None = None, work
     return frame
 
 
-class _UnionFind:
+class UnionFind:
+    """Disjoint sets over 0..n-1 (path halving): duplicate clusters, merged split groups."""
+
     def __init__(self, n: int) -> None:
         self.parent = list(range(n))
 
@@ -114,7 +117,7 @@ def duplicate_clusters(sha1: Sequence[str], phash: Sequence[str], near_bits: int
     least one chunk exactly (pigeonhole), so only items sharing a chunk are compared. Linear-ish in n.
     """
     n = len(sha1)
-    uf = _UnionFind(n)
+    uf = UnionFind(n)
     first_by_sha: dict[str, int] = {}
     exact = np.zeros(n, dtype=bool)
     for i, digest in enumerate(sha1):

@@ -108,11 +108,12 @@ def read_image(path: str | Path) -> np.ndarray:
         raise ImageReadError(path, f"corrupt or truncated ({err})") from err
 
 
-def check_image(path: str | Path) -> tuple[bool, str]:
-    """Fully decodes ``path``; returns (tf_decodable_as_is, format). Raises ImageReadError.
+def check_image(path: str | Path) -> tuple[bool, Image.Image]:
+    """Fully decodes ``path``; returns (tf_decodable_as_is, the decoded image). Raises ImageReadError.
 
     ``tf_decodable_as_is`` is False when tf.io.decode_image would get it wrong (HEIC, PGM, 16-bit,
-    an EXIF rotation TF ignores, an alpha channel): the caller then converts the file once.
+    an EXIF rotation TF ignores, an alpha channel): the caller then converts the file once. The
+    decoded image is returned so callers (hashing) need not decode the file a second time.
     """
     path = Path(path)
     image = _open(path)
@@ -124,4 +125,4 @@ def check_image(path: str | Path) -> tuple[bool, str]:
     except (OSError, ValueError, SyntaxError) as err:
         raise ImageReadError(path, f"corrupt or truncated ({err})") from err
     as_is = fmt in TF_DECODABLE_FORMATS and orientation == 1 and mode in ("RGB", "L")
-    return as_is, fmt
+    return as_is, image

@@ -25,6 +25,8 @@ from tf_models.images import ImageReadError, is_image_path, read_image
 from tf_models.splits import check_class_sizes, stratified_split
 
 MULTIPLE_FACE_POLICIES = ("skip", "largest")
+# Part of every crop-cache key: bump when detection or cropping code changes what a crop holds.
+CROP_CODE_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -48,7 +50,8 @@ class CropSettings:
 
     def key(self) -> str:
         """A short hash of the settings: part of every cache key."""
-        return hashlib.sha1(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:10]
+        settings = {**asdict(self), "code_version": CROP_CODE_VERSION}
+        return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
 
 
 def _person_name(folder: Path) -> str:

@@ -95,7 +95,7 @@ def load_table(config: TrainConfig) -> ImageTable:
                            attribute=config.attribute, split=config.split, fractions=config.fractions(),
                            subset=config.subset, balance=config.balance, dedup=config.dedup, seed=config.seed,
                            cache_dir=config.cache_dir)
-    from tf_models.students import CropSettings, load_students
+    from tf_models.students import load_students
 
     return load_students(config.data_dir, crop=crop_settings(config), fractions=config.fractions(),
                          balance=config.balance, dedup=config.dedup, seed=config.seed, cache_dir=config.cache_dir)
@@ -208,8 +208,8 @@ def _train(config: TrainConfig, run_dir: Path, strategy, policy: str, table: Ima
 
     histories: list[pd.DataFrame] = []
     epoch_seconds: list[float] = []
-    use_feature_cache = config.cache_features and first_mode == "transfer" and not augment.has_geometry \
-        and augment.is_identity
+    # Any augmentation (photometric too) changes the pixels each epoch, so only an identity config can cache.
+    use_feature_cache = config.cache_features and first_mode == "transfer" and augment.is_identity
     # Phase 1: the head on a frozen base (transfer, and the first phase of finetune) or everything (scratch).
     if config.epochs > 0:
         if use_feature_cache:

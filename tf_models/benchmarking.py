@@ -1,0 +1,39 @@
+"""What a benchmark was measured on, for the header of every results/ table."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Sequence
+
+
+def machine_info(packages: Sequence[str] = ("tensorflow", "keras")) -> dict[str, str]:
+    """CPU model, cores, load average (how busy the machine was), GPUs and package versions.
+
+    Call it before the benchmark starts, so the load average is the neighbours', not ours.
+    """
+    cpu = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    load = " / ".join(f"{v:.2f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
+    info = {"cpu": cpu, "cores": str(cores), "load average at start (1/5/15 min)": load,
+            "python": platform.python_version()}
+    for package in packages:
+        try:
+            info[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            info[package] = "not installed"
+    import tensorflow as tf
+
+    info["gpu"] = ", ".join(d.name for d in tf.config.list_physical_devices("GPU")) or "none"
+    info["date (UTC)"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M")
+    return info
