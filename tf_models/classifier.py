@@ -33,6 +33,7 @@ MODES = ("transfer", "finetune", "scratch")
 BACKBONE_LAYER = "backbone"  # name of the backbone sub-model inside every classifier
 PREPROCESS_LAYER = "preprocess"  # name of the ImagePreprocessing layer
 FEATURES_LAYER = "features"  # pooled backbone features (the embedding before the head)
+PREDICTIONS_LAYER = "predictions"  # the float32 softmax output layer
 _PARTIAL_LOAD = re.compile(r"skipping|freshly.initiali[sz]ed|mismatch|not (be )?loaded", re.IGNORECASE)
 
 
@@ -204,7 +205,7 @@ def build_classifier(
         x = layers.Dense(units, activation=head.activation, name=f"head_dense{index}")(x)
         if head.dropout > 0:
             x = layers.Dropout(head.dropout, name=f"head_dropout{index}")(x)
-    outputs = layers.Dense(int(num_classes), activation="softmax", dtype="float32", name="predictions")(x)
+    outputs = layers.Dense(int(num_classes), activation="softmax", dtype="float32", name=PREDICTIONS_LAYER)(x)
     return keras.Model(inputs, outputs, name=f"{spec.name}_{mode}")
 
 
@@ -218,3 +219,16 @@ def head_layers(model: keras.Model) -> list[keras.layers.Layer]:
     """The layers after the pooled features, in order (hidden Dense/Dropout, then predictions)."""
     names = [layer.name for layer in model.layers]
     return model.layers[names.index(FEATURES_LAYER) + 1:]
+
+
+def with_embedding(model: keras.Model) -> keras.Model:
+    """The classifier with two outputs: ``probabilities`` and ``embedding``.
+
+    The embedding is the penultimate layer (the input of the softmax layer), L2-normalised in
+    float32: what open-set identity compares with cosine similarity. Weights are shared with
+    ``model``; nothing is copied.
+    """
+    penultimate = model.get_layer(PREDICTIONS_LAYER).input
+    embedding = layers.UnitNormalization(axis=-1, dtype="float32", name="embedding")(penultimate)
+    return keras.Model(model.inputs, {"probabilities": model.outputs[0], "embedding": embedding},
+                       name=f"{model.name}_with_embedding")
