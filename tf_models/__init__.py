@@ -8,6 +8,7 @@ import os
 # TensorFlow's C++ start-up log lines bury real output; errors still show. Users can override.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from tf_models.augment import AugmentConfig
 from tf_models.backbones import (
     BACKBONES,
     BackboneSpec,
@@ -16,30 +17,31 @@ from tf_models.backbones import (
     get_backbone,
     list_backbones,
 )
-from tf_models.augment import AugmentConfig
 from tf_models.celeba import load_celeba
 from tf_models.classifier import MODES, REFERENCE_HEAD, HeadConfig, build_classifier
 from tf_models.config import TrainConfig
+from tf_models.losses import SparseCrossentropy  # registered: saved run models need it to load
 from tf_models.pipeline import make_dataset
-from tf_models.students import CropSettings, load_students
 from tf_models.preprocessing import ImagePreprocessing
+from tf_models.students import CropSettings, load_students
 
 __all__ = [
-    "AugmentConfig",
-    "CropSettings",
-    "TrainConfig",
-    "load_celeba",
-    "load_students",
-    "make_dataset",
     "BACKBONES",
-    "BackboneSpec",
-    "HeadConfig",
-    "ImagePreprocessing",
     "MODES",
     "REFERENCE_HEAD",
+    "AugmentConfig",
+    "BackboneSpec",
+    "CropSettings",
+    "HeadConfig",
+    "ImagePreprocessing",
+    "SparseCrossentropy",
+    "TrainConfig",
     "WeightsUnavailableError",
     "backbone_table",
     "build_classifier",
     "get_backbone",
     "list_backbones",
+    "load_celeba",
+    "load_students",
+    "make_dataset",
 ]

@@ -141,9 +141,13 @@ def load_celeba(
     target = y_col or attribute
     attributes = None
     if labels_csv is not None:
-        csv_path = Path(labels_csv) if Path(labels_csv).is_absolute() else root / labels_csv
+        # A bare name lives in the data folder; a path that exists as given (absolute, or relative
+        # to the working directory as a shell user types it) is taken as is.
+        given = Path(labels_csv)
+        csv_path = given if given.is_absolute() or given.is_file() else root / labels_csv
         if not csv_path.is_file():
-            raise FileNotFoundError(f"Labels CSV not found: {csv_path}")
+            raise FileNotFoundError(f"Labels CSV not found: {labels_csv!r} (looked in the working directory and in "
+                                    f"{root}). Received: labels_csv={labels_csv!r}")
         labels = pd.read_csv(csv_path)
         for column in (x_col, target):
             if column not in labels.columns:

@@ -1,7 +1,7 @@
 """Training a run end to end: data -> model -> (cached-feature) head phase -> fine-tuning -> run folder.
 
 The run folder holds everything needed to use, judge and repeat the run: ``config.yaml``,
-``class_names.json``, ``crop.json`` (identity), ``model.keras``, ``history.csv``, ``metrics.json``,
+``class_names.json``, ``crop.json`` (identity), ``model.keras``, ``backbone.weights.h5``, ``history.csv``, ``metrics.json``,
 ``data_report.{json,md}``, plots, ``tensorboard/``. Re-running the same command after a crash
 resumes from ``backup/`` (BackupAndRestore), which is what a Colab disconnect needs.
 """
@@ -22,28 +22,21 @@ import pandas as pd
 import tensorflow as tf
 
 from tf_models.augment import AugmentConfig
-from tf_models.classifier import FEATURES_LAYER, HeadConfig, build_classifier, head_layers, unfreeze_top
+from tf_models.classifier import (
+    BACKBONE_LAYER,
+    FEATURES_LAYER,
+    HeadConfig,
+    build_classifier,
+    head_layers,
+    unfreeze_top,
+)
 from tf_models.config import TrainConfig
 from tf_models.data import ImageTable
 from tf_models.evaluation import classification_metrics, misclassified_grid, plot_confusion, plot_history
+from tf_models.losses import SparseCrossentropy
 from tf_models.pipeline import make_dataset
 
-
-@keras.saving.register_keras_serializable(package="tf_models")
-class SparseCrossentropy(keras.losses.Loss):
-    """Sparse categorical cross-entropy with label smoothing (Keras's sparse loss has none)."""
-
-    def __init__(self, num_classes: int, label_smoothing: float = 0.0, name: str = "sparse_crossentropy", **kwargs):
-        super().__init__(name=name, **kwargs)
-        self.num_classes = int(num_classes)
-        self.label_smoothing = float(label_smoothing)
-
-    def call(self, y_true, y_pred):
-        one_hot = keras.ops.one_hot(keras.ops.cast(keras.ops.reshape(y_true, (-1,)), "int32"), self.num_classes)
-        return keras.losses.categorical_crossentropy(one_hot, y_pred, label_smoothing=self.label_smoothing)
-
-    def get_config(self):
-        return {**super().get_config(), "num_classes": self.num_classes, "label_smoothing": self.label_smoothing}
+BACKBONE_WEIGHTS_FILE = "backbone.weights.h5"  # in every run folder: the trained headless backbone
 
 
 # ---- devices -------------------------------------------------------------------------------------
@@ -208,13 +201,15 @@ def _train(config: TrainConfig, run_dir: Path, strategy, policy: str, table: Ima
 
     histories: list[pd.DataFrame] = []
     epoch_seconds: list[float] = []
+    extract_seconds = 0.0
     # Any augmentation (photometric too) changes the pixels each epoch, so only an identity config can cache.
     use_feature_cache = config.cache_features and first_mode == "transfer" and augment.is_identity
     # Phase 1: the head on a frozen base (transfer, and the first phase of finetune) or everything (scratch).
     if config.epochs > 0:
         if use_feature_cache:
-            history, seconds = _fit_head_on_cached_features(model, config, run_dir, train_paths, train_labels,
-                                                           val_paths, val_labels, image_size, class_weight, strategy, verbose)
+            history, seconds, extract_seconds = _fit_head_on_cached_features(
+                model, config, run_dir, train_paths, train_labels, val_paths, val_labels, image_size, class_weight,
+                strategy, verbose)
         else:
             with strategy.scope():
                 _compile(model, config, num_classes, config.lr)
@@ -239,6 +234,9 @@ def _train(config: TrainConfig, run_dir: Path, strategy, policy: str, table: Ima
     if len(history):
         plot_history(history, run_dir / "learning_curves.png", title=f"{config.backbone} {config.mode}")
     model.save(run_dir / "model.keras")
+    # The headless backbone alone: `--weights RUN/backbone.weights.h5` starts another task from it
+    # (e.g. identity on top of a backbone trained on CelebA gender, with no download needed).
+    model.get_layer(BACKBONE_LAYER).save_weights(run_dir / BACKBONE_WEIGHTS_FILE)
 
     test_split = "test" if len(table.split("test")) else "val"
     test_paths, test_labels = table.paths_labels(test_split)
@@ -249,9 +247,10 @@ def _train(config: TrainConfig, run_dir: Path, strategy, policy: str, table: Ima
     trainable = int(sum(np.prod(w.shape) for w in model.trainable_weights))
     seconds_per_epoch = float(np.mean(epoch_seconds)) if epoch_seconds else 0.0
     metrics.update({"backbone": config.backbone, "mode": config.mode, "params": params, "trainable_params": trainable,
-                    "seconds_per_epoch": seconds_per_epoch, "epochs_run": int(len(history)),
+                    "seconds_per_epoch": seconds_per_epoch, "epochs_run": len(history),
                     "dtype_policy": policy, "strategy": type(strategy).__name__,
-                    "input_size": list(image_size), "feature_cache": bool(use_feature_cache)})
+                    "input_size": list(image_size), "feature_cache": bool(use_feature_cache),
+                    "feature_extraction_seconds": extract_seconds})
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False), encoding="utf-8")
     plot_confusion(metrics["confusion_matrix"], class_names, run_dir / "confusion_matrix.png",
                    title=f"{config.backbone} {test_split}")
@@ -270,10 +269,11 @@ def _fit(model, train_ds, val_ds, config: TrainConfig, run_dir: Path, phase: str
 
 
 def _fit_head_on_cached_features(model, config, run_dir, train_paths, train_labels, val_paths, val_labels, image_size,
-                                 class_weight, strategy, verbose) -> tuple[pd.DataFrame, float]:
+                                 class_weight, strategy, verbose) -> tuple[pd.DataFrame, float, float]:
     """Frozen base, no augmentation: run the backbone once over the data, then train the head on the cache.
 
     The head model is built from the classifier's own head layers, so training it trains the classifier.
+    Returns the history, seconds per epoch (extraction included) and the extraction's seconds.
     """
     extractor = keras.Model(model.input, model.get_layer(FEATURES_LAYER).output)
     plain_train = make_dataset(train_paths, train_labels, image_size, config.batch_size, training=False)
@@ -296,7 +296,7 @@ def _fit_head_on_cached_features(model, config, run_dir, train_paths, train_labe
                             class_weight, verbose)
     # Report the real cost per epoch: the one-off extraction spread over the epochs run.
     epochs_run = max(1, len(history))
-    return history, seconds + extract_seconds / epochs_run
+    return history, seconds + extract_seconds / epochs_run, extract_seconds
 
 
 def predict_probabilities(model: keras.Model, paths, image_size, batch_size: int) -> np.ndarray:
