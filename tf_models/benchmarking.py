@@ -5,9 +5,11 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import platform
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Sequence
+
+import pandas as pd
 
 
 def machine_info(packages: Sequence[str] = ("tensorflow", "keras")) -> dict[str, str]:
@@ -37,3 +39,14 @@ def machine_info(packages: Sequence[str] = ("tensorflow", "keras")) -> dict[str,
     info["gpu"] = ", ".join(d.name for d in tf.config.list_physical_devices("GPU")) or "none"
     info["date (UTC)"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M")
     return info
+
+
+def machine_markdown(info: dict[str, str]) -> str:
+    """``machine_info()`` as a two-column Markdown table."""
+    return "| machine | |\n| --- | --- |\n" + "".join(f"| {k} | {v} |\n" for k, v in info.items())
+
+
+def markdown_table(frame: pd.DataFrame) -> str:
+    """A DataFrame as a GitHub Markdown table (no tabulate dependency)."""
+    header = "| " + " | ".join(map(str, frame.columns)) + " |\n|" + " --- |" * len(frame.columns) + "\n"
+    return header + "".join("| " + " | ".join(str(v) for v in row) + " |\n" for row in frame.itertuples(index=False))
