@@ -15,7 +15,7 @@ import sys
 from tf_models.evaluation import evaluate_run
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", required=True, help="run folder written by scripts/train.py")
     parser.add_argument("--data-dir", required=True, help="dataset folder, same layout as training")
@@ -25,7 +25,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", choices=("all", "test", "val", "train"), default="test",
                         help="'all': every usable image; otherwise that split (default: test)")
     parser.add_argument("--out", help="output JSON (default: RUN/eval_<split>.json)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     metrics = evaluate_run(args.run, args.data_dir, split=args.split, labels_csv=args.labels_csv,
                            x_col=args.x_col, y_col=args.y_col, out=args.out)
     print(f"accuracy {metrics['accuracy']:.4f}, balanced accuracy {metrics['balanced_accuracy']:.4f} (n={metrics['n']})")

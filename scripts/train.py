@@ -18,12 +18,16 @@ from tf_models import backbone_table
 from tf_models.config import add_config_arguments, config_from_args
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--list-backbones", action="store_true", help="print the backbone registry and exit")
     parser.add_argument("--config", help="YAML file with TrainConfig keys; flags given here override it")
     add_config_arguments(parser)
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:

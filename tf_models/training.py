@@ -261,11 +261,29 @@ def _train(config: TrainConfig, run_dir: Path, strategy, policy: str, table: Ima
 def _fit(model, train_ds, val_ds, config: TrainConfig, run_dir: Path, phase: str, epochs: int, lr: float,
          class_weight, verbose) -> tuple[pd.DataFrame, float]:
     start = time.perf_counter()
+    timer = _EpochTimer()
     history = model.fit(train_ds, validation_data=val_ds, epochs=epochs, class_weight=class_weight, verbose=verbose,
                         shuffle=False,  # the tf.data pipeline shuffles, seeded
-                        callbacks=_callbacks(config, run_dir, phase, epochs, lr))
+                        callbacks=[*_callbacks(config, run_dir, phase, epochs, lr), timer])
     ran = max(1, len(history.epoch))
-    return pd.DataFrame(history.history), (time.perf_counter() - start) / ran
+    frame = pd.DataFrame(history.history)
+    if len(timer.seconds) == len(frame):
+        frame["epoch_seconds"] = timer.seconds  # wall time of each epoch, validation included
+    return frame, (time.perf_counter() - start) / ran
+
+
+class _EpochTimer(keras.callbacks.Callback):
+    """Wall seconds of each epoch: the first one also pays for tracing, so benchmarks can leave it out."""
+
+    def __init__(self):
+        super().__init__()
+        self.seconds: list[float] = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.seconds.append(time.perf_counter() - self._start)
 
 
 def _fit_head_on_cached_features(model, config, run_dir, train_paths, train_labels, val_paths, val_labels, image_size,
