@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export KERAS_BACKEND ?= tensorflow
 
-.PHONY: setup demo test clean
+.PHONY: setup demo test clean browser
 
 setup: $(STAMP)
 
@@ -31,7 +31,15 @@ demo: setup
 		--backbones alexnet_bn mobilenetv2 --epochs 25 --batch-size 16 --patience 8 \
 		--val-fraction 0.17 --test-fraction 0.17 $(DEMO_COMMON)
 
-test: setup
+# tests/test_app.py loads the app in headless Chromium (Debian's package); installed once, sudo only if not root.
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
+	  if command -v apt-get >/dev/null 2>&1; then \
+	    SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	    $$SUDO apt-get update && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium; \
+	  else echo "warning: no apt-get: install Chromium yourself for tests/test_app.py's browser test"; fi; }
+
+test: setup browser
 	$(PY) -m pytest
 
 clean:

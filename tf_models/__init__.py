@@ -23,9 +23,15 @@ from tf_models.config import TrainConfig
 from tf_models.losses import SparseCrossentropy  # registered: saved run models need it to load
 from tf_models.pipeline import make_dataset
 from tf_models.preprocessing import ImagePreprocessing
+from tf_models.predictor import FacePrediction, ImagePrediction, Predictor
+from tf_models.export import export_run
 from tf_models.students import CropSettings, load_students
 
 __all__ = [
+    "FacePrediction",
+    "ImagePrediction",
+    "Predictor",
+    "export_run",
     "BACKBONES",
     "MODES",
     "REFERENCE_HEAD",

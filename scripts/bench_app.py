@@ -1,0 +1,171 @@
+#!/usr/bin/env python
+"""End-to-end latency of the Gradio app: one single-face 1280x960 photo, request to answer, via gradio_client.
+
+    python scripts/bench_app.py                      # the best demo runs (results/best/<task>.json)
+    python scripts/bench_app.py --gender-run runs/g --identity-run runs/i --repeats 100
+
+Starts ``app_gradio.py`` in its own process on a free local port (as users run it), then times
+``Client.predict(..., api_name="/recognise")``: upload, queue, face detection once, both models,
+drawing, and the download of the annotated image. The first --warmup requests are not counted.
+For the split, the same photo also goes through ``FaceService.analyze`` in this process (no HTTP).
+Target: p50 <= 300 ms on a 2-core CPU. Writes bench_app.csv and bench_app.md under --out; the last
+line printed is the headline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+from tqdm.auto import tqdm
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))  # run as a plain script from anywhere
+
+from tf_models.benchmarking import machine_info, machine_markdown, markdown_table
+
+DEFAULT_PHOTO = REPO_ROOT.parent / "shared" / "data" / "scenes" / "deepface_img2.jpg"  # 1536x1152, one face
+PHOTO_SIZE = (1280, 960)  # width, height: as scripts/bench_detection.py
+TARGET_P50_MS = 300.0
+START_TIMEOUT_S = 600  # first start builds the gallery and the ONNX exports
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--gender-run", help="gender run folder (default: results/best/gender.json)")
+    parser.add_argument("--identity-run", help="identity run folder (default: results/best/identity.json)")
+    parser.add_argument("--runtime", help="inference runtime passed to the app (default: the app's)")
+    parser.add_argument("--state-dir", default="app_state", help="the app's state folder (default: app_state/)")
+    parser.add_argument("--photo", type=Path, default=DEFAULT_PHOTO, help="a photo with one face (resized to 1280x960)")
+    parser.add_argument("--repeats", type=int, default=50, help="timed requests (default: 50)")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed requests first (default: 5)")
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "results" / "app", help="output folder")
+    args = parser.parse_args(argv)
+    if args.repeats < 2 or args.warmup < 0:
+        parser.error(f"--repeats must be >= 2 and --warmup >= 0. Received: {args.repeats}, {args.warmup}")
+    if not args.photo.is_file():
+        parser.error(f"--photo not found. Received: {args.photo}")
+    return args
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_app(args: argparse.Namespace, port: int, log: Path) -> subprocess.Popen:
+    command = [sys.executable, str(REPO_ROOT / "app_gradio.py"), "--server-name", "127.0.0.1",
+               "--server-port", str(port), "--state-dir", args.state_dir]
+    for flag, value in (("--gender-run", args.gender_run), ("--identity-run", args.identity_run),
+                        ("--runtime", args.runtime)):
+        if value:
+            command += [flag, value]
+    return subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=REPO_ROOT,
+                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+
+
+def connect(url: str, process: subprocess.Popen, log: Path):
+    import httpx
+    from gradio_client import Client
+
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"app_gradio.py exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            return Client(url, verbose=False)
+        except (httpx.TransportError, OSError):  # not listening yet
+            time.sleep(2)
+    raise SystemExit(f"app_gradio.py did not answer within {START_TIMEOUT_S} s; log: {log}")
+
+
+def percentiles(values_ms: list[float]) -> dict[str, float]:
+    array = np.asarray(values_ms)
+    return {"p50_ms": float(np.percentile(array, 50)), "p90_ms": float(np.percentile(array, 90)),
+            "mean_ms": float(array.mean()), "min_ms": float(array.min()), "max_ms": float(array.max())}
+
+
+def in_process_ms(args: argparse.Namespace, photo: Path, repeats: int) -> tuple[list[float], str]:
+    """FaceService.analyze on the same photo in this process: the app's compute without HTTP."""
+    from tf_models.app import FaceService
+
+    service = FaceService.from_runs(args.gender_run, args.identity_run, state_dir=args.state_dir,
+                                    runtime=args.runtime)
+    for _ in range(3):
+        service.analyze(str(photo))
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        service.analyze(str(photo))
+        times.append((time.perf_counter() - start) * 1000)
+    return times, service.identity.runtime.name
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from gradio_client import handle_file
+
+    machine = machine_info(("tensorflow", "keras", "gradio", "gradio_client", "onnxruntime"))
+    work = Path(tempfile.mkdtemp(prefix="bench_app_"))
+    photo = work / "one_face_1280x960.jpg"
+    Image.open(args.photo).convert("RGB").resize(PHOTO_SIZE, Image.Resampling.LANCZOS).save(photo, quality=95)
+
+    port = free_port()
+    log = work / "app.log"
+    process = start_app(args, port, log)
+    try:
+        client = connect(f"http://127.0.0.1:{port}/", process, log)
+        end_to_end, answers = [], set()
+        for k in tqdm(range(args.warmup + args.repeats), desc="requests", unit="request"):
+            start = time.perf_counter()
+            _, table, message = client.predict(handle_file(str(photo)), 0.0, "", "", False, api_name="/recognise")
+            elapsed = (time.perf_counter() - start) * 1000
+            if k >= args.warmup:
+                end_to_end.append(elapsed)
+            answers.add(f"{len(table['data'])} face(s): {message}")
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+    compute, runtime = in_process_ms(args, photo, args.repeats)
+
+    e2e, local = percentiles(end_to_end), percentiles(compute)
+    rows = pd.DataFrame([{"measure": "end to end (gradio_client -> app -> answer)", **e2e},
+                         {"measure": "FaceService.analyze in process (no HTTP)", **local}])
+    rows = rows.round(1)
+    args.out.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame({"request": range(1, len(end_to_end) + 1), "end_to_end_ms": np.round(end_to_end, 2),
+                  "in_process_ms": np.round(compute, 2)}).to_csv(args.out / "bench_app.csv", index=False)
+    verdict = "meets" if e2e["p50_ms"] <= TARGET_P50_MS else "misses"
+    headline = (f"app end-to-end {PHOTO_SIZE[0]}x{PHOTO_SIZE[1]} one face: p50 {e2e['p50_ms']:.0f} ms, "
+                f"p90 {e2e['p90_ms']:.0f} ms over {args.repeats} requests ({verdict} the {TARGET_P50_MS:.0f} ms "
+                f"p50 target); analyze alone p50 {local['p50_ms']:.0f} ms")
+    command = "python scripts/bench_app.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    markdown = "\n".join([
+        "# App latency: request to answer", "",
+        (f"Made by `{command.strip()}`. One photo with one face ({args.photo.name} resized to "
+        f"{PHOTO_SIZE[0]}x{PHOTO_SIZE[1]}), sent {args.warmup} times to warm up, then {args.repeats} times one "
+        "after the other through `gradio_client` to `app_gradio.py` running in its own process on this machine "
+        "(upload, queue, one face detection, gender and identity models, drawing, download of the annotated "
+        f"image). Runtime: {runtime}. The second row is `FaceService.analyze` on the same photo in one process: "
+         "the difference is Gradio's HTTP, queue and file handling."), "",
+        machine_markdown(machine), markdown_table(rows), f"Answer: {'; '.join(sorted(answers))}", "",
+        f"Target: p50 <= {TARGET_P50_MS:.0f} ms on a 2-core CPU. Per-request times: `bench_app.csv`.", "",
+        f"**{headline}**", ""])
+    (args.out / "bench_app.md").write_text(markdown, encoding="utf-8")
+    print(f"wrote {args.out / 'bench_app.csv'} and {args.out / 'bench_app.md'}")
+    print(headline)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,210 @@
+#!/usr/bin/env python
+"""Inference-time table: every backbone, every runtime, side by side, measured one way.
+
+    python scripts/bench_inference.py [--backbones all] [--runtimes keras-predict,compiled,onnx,tflite]
+                                      [--batch 32] [--repeats 20] [--out results/inference]
+
+For each backbone at its registry default input size (random weights: timing does not depend on
+them; 2 classes, the default head) and each runtime of :mod:`tf_models.predictor` (the code the
+Predictor serves with): parameters, model size on disk (``.keras``, and the runtime's own file),
+single-image latency p50/p90 over ``--repeats`` calls after warm-up, and throughput at ``--batch``.
+``keras-predict`` (``model.predict`` on one image, what the reference projects timed) is the
+baseline; ``speedup`` is its p50 over the runtime's. Runtimes are timed interleaved, call by call,
+so load from other processes hits them alike.
+
+Writes bench_inference.csv, bench_inference.md (machine and library versions in the header) and
+bench_inference.png to --out. The last line printed is the headline: the served path (the
+Predictor's default runtime) against model.predict, and the worst backbone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))  # run as a plain script from anywhere
+
+from tf_models.backbones import get_backbone, list_backbones
+from tf_models.benchmarking import machine_info
+from tf_models.classifier import build_classifier, with_embedding
+from tf_models.export import MODEL_FILES
+from tf_models.predictor import RUNTIMES, default_runtime, make_runtime
+
+DEFAULT_OUT = REPO_ROOT / "results" / "inference"
+WARMUP = 3
+TARGET_RATIO = 5.0  # the served path must be at least this many times faster than model.predict
+PACKAGES = ("tensorflow", "keras", "numpy", "onnxruntime", "tf2onnx", "onnx", "ai-edge-litert")
+COLUMNS = ("backbone", "input", "params", "keras_mb", "runtime", "file_mb", "p50_ms", "p90_ms",
+           "batch", "images_per_s", "speedup")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backbones", default="all", help="comma-separated registry names, or 'all'")
+    parser.add_argument("--runtimes", default="keras-predict,compiled,onnx,tflite",
+                        help=f"comma-separated, from {', '.join(RUNTIMES)}")
+    parser.add_argument("--batch", type=int, default=32, help="batch size of the throughput measurement")
+    parser.add_argument("--repeats", type=int, default=20, help="timed single-image calls per runtime")
+    parser.add_argument("--batch-repeats", type=int, default=3, help="timed batches per runtime")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where CSV, Markdown and plot go")
+    args = parser.parse_args(argv)
+    args.backbones = list_backbones() if args.backbones == "all" else [
+        get_backbone(name).name for name in args.backbones.split(",")]
+    args.runtimes = [r.strip() for r in args.runtimes.split(",")]
+    unknown = [r for r in args.runtimes if r not in RUNTIMES]
+    if unknown:
+        parser.error(f"unknown runtimes {unknown}; choose from {RUNTIMES}")
+    if args.repeats < 1 or args.batch < 1 or args.batch_repeats < 1:
+        parser.error("--repeats, --batch and --batch-repeats must be >= 1")
+    return args
+
+
+def _percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q))
+
+
+def bench_backbone(name: str, runtimes: list[str], batch: int, repeats: int, batch_repeats: int,
+                   workdir: Path) -> list[dict]:
+    """One row per runtime for backbone ``name``."""
+    import keras
+
+    keras.backend.clear_session()
+    spec = get_backbone(name)
+    model = build_classifier(name, 2, spec.default_input, mode="scratch", weights="none")
+    serving = with_embedding(model)
+    folder = workdir / name
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save(folder / "model.keras")
+    keras_mb = (folder / "model.keras").stat().st_size / 2**20
+    engines = {runtime: make_runtime(runtime, serving, folder) for runtime in runtimes}
+    rng = np.random.default_rng(0)
+    one = rng.uniform(0, 255, (1, *spec.default_input, 3)).astype(np.float32)
+    many = rng.uniform(0, 255, (batch, *spec.default_input, 3)).astype(np.float32)
+
+    for engine in engines.values():
+        for _ in range(WARMUP):
+            engine(one)
+        engine(many)
+    single: dict[str, list[float]] = {r: [] for r in runtimes}
+    batched: dict[str, list[float]] = {r: [] for r in runtimes}
+    for _ in range(repeats):  # interleaved: background load hits every runtime alike
+        for runtime, engine in engines.items():
+            start = time.perf_counter()
+            engine(one)
+            single[runtime].append((time.perf_counter() - start) * 1000)
+    for _ in range(batch_repeats):
+        for runtime, engine in engines.items():
+            start = time.perf_counter()
+            engine(many)
+            batched[runtime].append(time.perf_counter() - start)
+
+    baseline = statistics.median(single["keras-predict"]) if "keras-predict" in single else None
+    rows = []
+    for runtime in runtimes:
+        file_path = folder / MODEL_FILES[runtime] if runtime in ("onnx", "tflite") else folder / "model.keras"
+        p50 = statistics.median(single[runtime])
+        rows.append({
+            "backbone": name, "input": "x".join(map(str, spec.default_input)),
+            "params": int(model.count_params()), "keras_mb": round(keras_mb, 1), "runtime": runtime,
+            "file_mb": round(file_path.stat().st_size / 2**20, 1), "p50_ms": round(p50, 2),
+            "p90_ms": round(_percentile(single[runtime], 90), 2), "batch": batch,
+            "images_per_s": round(batch / statistics.median(batched[runtime]), 1),
+            "speedup": round(baseline / p50, 2) if baseline else "",
+        })
+    return rows
+
+
+def write_markdown(rows: list[dict], info: dict[str, str], args: argparse.Namespace, served: str,
+                   headline: str, path: Path) -> None:
+    runtimes = args.runtimes
+    lines = ["# Inference time per backbone and runtime", "",
+             (f"Made by `scripts/bench_inference.py --backbones {','.join(args.backbones)} --runtimes "
+             f"{','.join(runtimes)} --batch {args.batch} --repeats {args.repeats} --batch-repeats "
+             f"{args.batch_repeats}`. Random weights, 2 classes, default head, each backbone at its default "
+             f"input; both outputs (probabilities + embedding). Latency: one image, p50/p90 over "
+             f"{args.repeats} calls after {WARMUP} warm-up calls, runtimes interleaved. Throughput: "
+             f"batch {args.batch}, median of {args.batch_repeats}. `speedup` = keras-predict p50 / runtime p50. "
+             f"Served path (the Predictor's default runtime): **{served}**."), "", "| machine | |", "|---|---|"]
+    lines += [f"| {key} | {value} |" for key, value in info.items()]
+    lines += ["", f"**{headline}**", "", "## Single-image latency p50 (ms), side by side", ""]
+    lines += ["| backbone | input | params | .keras MB | " + " | ".join(runtimes) + " | served speedup |",
+              "|---|---|---|---|" + "---|" * (len(runtimes) + 1)]
+    for backbone in args.backbones:
+        group = {r["runtime"]: r for r in rows if r["backbone"] == backbone}
+        first = next(iter(group.values()))
+        cells = [f"{group[r]['p50_ms']:.1f}" for r in runtimes]
+        speed = group.get(served, {}).get("speedup", "")
+        lines.append(f"| {backbone} | {first['input']} | {first['params']:,} | {first['keras_mb']} | "
+                     + " | ".join(cells) + f" | {speed}x |")
+    lines += ["", "## All figures", "", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(str(row[c]) for c in COLUMNS) + " |" for row in rows]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def plot(rows: list[dict], args: argparse.Namespace, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(14, 5))
+    width = 0.8 / len(args.runtimes)
+    x = np.arange(len(args.backbones))
+    for k, runtime in enumerate(args.runtimes):
+        by = {r["backbone"]: r for r in rows if r["runtime"] == runtime}
+        left.bar(x + k * width, [by[b]["p50_ms"] for b in args.backbones], width, label=runtime)
+        right.bar(x + k * width, [by[b]["images_per_s"] for b in args.backbones], width, label=runtime)
+    for axis, title in ((left, "single image, p50 latency (ms, log)"), (right, f"batch {args.batch}, images/s")):
+        axis.set_xticks(x + width * (len(args.runtimes) - 1) / 2, args.backbones, rotation=35, ha="right")
+        axis.set_title(title)
+        axis.legend()
+    left.set_yscale("log")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    info = machine_info(PACKAGES)  # before we load the machine ourselves
+    served = default_runtime()
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory(prefix="bench_inference_") as tmp:
+        for name in tqdm(args.backbones, desc="backbones", unit="backbone"):
+            rows += bench_backbone(name, args.runtimes, args.batch, args.repeats, args.batch_repeats, Path(tmp))
+            tqdm.write(" ".join(f"{r['backbone']}/{r['runtime']} {r['p50_ms']:.1f} ms" for r in rows[-len(args.runtimes):]))
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    with (args.out / "bench_inference.csv").open("w", newline="", encoding="utf-8") as handle:
+        handle.write("".join(f"# {key}: {value}\n" for key, value in info.items()))
+        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    served_rows = [r for r in rows if r["runtime"] == served and r["speedup"] != ""]
+    if served_rows:
+        worst = min(served_rows, key=lambda r: r["speedup"])
+        met = sum(r["speedup"] >= TARGET_RATIO for r in served_rows)
+        headline = (f"served path ({served}) single-image p50 vs model.predict: "
+                    f"{min(r['speedup'] for r in served_rows):.1f}x-{max(r['speedup'] for r in served_rows):.1f}x "
+                    f"faster; worst {worst['backbone']} ({worst['p50_ms']:.1f} ms vs "
+                    f"{worst['p50_ms'] * worst['speedup']:.1f} ms); target >= {TARGET_RATIO:.0f}x met for "
+                    f"{met}/{len(served_rows)} backbones")
+    else:
+        headline = f"served path ({served}) or keras-predict not measured: no ratio"
+    write_markdown(rows, info, args, served, headline, args.out / "bench_inference.md")
+    plot(rows, args, args.out / "bench_inference.png")
+    print(headline)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

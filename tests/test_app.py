@@ -1,0 +1,335 @@
+"""The Gradio app against a live local server: gradio_client calls, a headless browser, bad uploads, load."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import csv
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import REPO_ROOT
+from PIL import Image
+
+from tf_models.app import (
+    ADMIN_PASSWORD_ENV,
+    TABLE_COLUMNS,
+    UNKNOWN,
+    AdminError,
+    FaceService,
+    NoTrainedModel,
+    resolve_run,
+)
+from tf_models.config import TrainConfig
+from tf_models.training import train
+
+CELEBA_SAMPLE = REPO_ROOT / "datasets" / "celeba" / "sample"
+STUDENTS_SAMPLE = REPO_ROOT / "datasets" / "students" / "sample"
+CELEBA_FILES = sorted((CELEBA_SAMPLE / "img_align_celeba").glob("*.jpg"))
+PASSWORD = "test-admin-password"
+DATE = "2025-03-14"
+ENDPOINTS = {"/recognise", "/enrol", "/remove", "/session_log", "/export_log"}
+
+
+# ---- without a server ----------------------------------------------------------------------------
+
+
+def test_no_trained_model_names_the_command_that_makes_one(tmp_path):
+    with pytest.raises(NoTrainedModel, match="make demo"):
+        resolve_run("gender", None, best_dir=tmp_path)
+    (tmp_path / "identity.json").write_text('{"run_dir": "runs/gone"}', encoding="utf-8")
+    with pytest.raises(NoTrainedModel, match="make demo"):
+        resolve_run("identity", None, best_dir=tmp_path)
+
+
+def test_cli_without_a_model_exits_non_zero_with_a_message_not_a_traceback(tmp_path):
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "app_gradio.py"), "--best-dir", str(tmp_path),
+                             "--state-dir", str(tmp_path / "state")],
+                            check=False, capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert result.returncode != 0
+    assert "make demo" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_admin_refuses_when_the_password_is_unset_or_wrong(monkeypatch):
+    monkeypatch.delenv(ADMIN_PASSWORD_ENV, raising=False)
+    with pytest.raises(AdminError, match=ADMIN_PASSWORD_ENV):
+        FaceService.check_admin("anything")
+    monkeypatch.setenv(ADMIN_PASSWORD_ENV, PASSWORD)
+    with pytest.raises(AdminError, match="Wrong"):
+        FaceService.check_admin("nope")
+    with pytest.raises(AdminError, match="Wrong"):
+        FaceService.check_admin(None)
+    FaceService.check_admin(PASSWORD)
+
+
+# ---- a live app on tiny runs ------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> tuple[Path, Path]:
+    """Tiny real runs (alexnet_bn from scratch, 72x72, 1 epoch) on the bundled samples."""
+    cache = str(tmp_path_factory.mktemp("cache"))
+    gender = tmp_path_factory.mktemp("gender_run")
+    train(TrainConfig(task="gender", data_dir=str(CELEBA_SAMPLE), backbone="alexnet_bn", mode="scratch",
+                      weights="none", input_size=(72, 72), epochs=1, batch_size=32, out=str(gender),
+                      cache_dir=cache), verbose=0)
+    identity = tmp_path_factory.mktemp("identity_run")
+    train(TrainConfig(task="identity", data_dir=str(STUDENTS_SAMPLE), backbone="alexnet_bn", mode="scratch",
+                      weights="none", input_size=(72, 72), epochs=1, batch_size=16, val_fraction=0.17,
+                      test_fraction=0.17, out=str(identity), cache_dir=cache), verbose=0)
+    return gender, identity
+
+
+@pytest.fixture(scope="module")
+def service(runs, tmp_path_factory) -> FaceService:
+    return FaceService.from_runs(*runs, state_dir=tmp_path_factory.mktemp("state"), runtime="compiled")
+
+
+@pytest.fixture(scope="module")
+def app_url(service):
+    import app_gradio
+
+    previous = os.environ.get(ADMIN_PASSWORD_ENV)
+    os.environ[ADMIN_PASSWORD_ENV] = PASSWORD
+    demo = app_gradio.build_demo(service)
+    app_gradio.launch(demo, concurrency_limit=2, server_name="127.0.0.1", server_port=_free_port(),
+                      prevent_thread_lock=True, quiet=True)
+    yield demo.local_url
+    demo.close()
+    if previous is None:
+        os.environ.pop(ADMIN_PASSWORD_ENV, None)
+    else:
+        os.environ[ADMIN_PASSWORD_ENV] = previous
+
+
+@pytest.fixture(scope="module")
+def client(app_url):
+    from gradio_client import Client
+
+    return Client(app_url, verbose=False)
+
+
+def recognise(client, path: Path | str, course: str = "", mark: bool = False, min_confidence: float = 0.0):
+    from gradio_client import handle_file
+
+    image, table, message = client.predict(handle_file(str(path)), min_confidence, course, DATE, mark,
+                                           api_name="/recognise")
+    return image, table["data"], message
+
+
+@pytest.fixture(scope="module")
+def visitors(client, tmp_path_factory) -> dict[str, Path]:
+    """Two people enrolled through the admin API, each from one CelebA photo (not in the identity data)."""
+    from gradio_client import handle_file
+
+    people = {"Visitor One": CELEBA_FILES[0], "Visitor Two": CELEBA_FILES[5]}
+    for name, photo in people.items():
+        message = client.predict(PASSWORD, name, [handle_file(str(photo))], api_name="/enrol")
+        assert message.startswith(f"Enrolled {name}"), message
+    return people
+
+
+@pytest.mark.slow
+def test_public_api_lists_only_the_documented_endpoints(client):
+    api = client.view_api(print_info=False, return_format="dict")
+    assert set(api["named_endpoints"]) == ENDPOINTS
+    assert not api["unnamed_endpoints"]
+
+
+@pytest.mark.slow
+def test_predict_a_sample_photo(client, runs):
+    import json
+
+    image, rows, message = recognise(client, STUDENTS_SAMPLE / "Aiyana Begay" / "photo 1.JPG")
+    assert message.startswith("1 face found"), message
+    assert len(rows) == 1 and len(rows[0]) == len(TABLE_COLUMNS)
+    genders = json.loads((runs[0] / "class_names.json").read_text(encoding="utf-8"))
+    assert rows[0][1] in genders and 0.5 <= rows[0][2] <= 1.0
+    assert Image.open(image).size == Image.open(STUDENTS_SAMPLE / "Aiyana Begay" / "photo 1.JPG").size
+
+
+@pytest.mark.slow
+def test_enrol_mark_attendance_and_download_the_log(client, visitors):
+    photo = visitors["Visitor One"]
+    _, rows, message = recognise(client, photo, course="CS101", mark=True)
+    assert [row[3] for row in rows] == ["Visitor One"] and rows[0][5] == "marked present", message
+    _, rows, _ = recognise(client, photo, course="CS101", mark=True)
+    assert rows[0][5] == "already present"
+    # The session log and its CSV download (admin only).
+    table, message = client.predict(PASSWORD, "CS101", DATE, api_name="/session_log")
+    assert [row[2] for row in table["data"]] == ["Visitor One"], message
+    path, message = client.predict(PASSWORD, "CS101", DATE, api_name="/export_log")
+    with open(path, encoding="utf-8", newline="") as handle:
+        marks = list(csv.DictReader(handle))
+    assert [(m["course"], m["date"], m["name"]) for m in marks] == [("CS101", DATE, "Visitor One")]
+    assert 0.0 <= float(marks[0]["confidence"]) <= 1.0 and marks[0]["marked_at"]
+
+
+@pytest.mark.slow
+def test_admin_endpoints_refuse_a_wrong_password(client):
+    from gradio_client import handle_file
+
+    assert client.predict("wrong", "X", [handle_file(str(CELEBA_FILES[1]))], api_name="/enrol") == \
+        "Wrong admin password."
+    table, message = client.predict("wrong", "CS101", DATE, api_name="/session_log")
+    assert message == "Wrong admin password." and table["data"] == []
+    path, message = client.predict("", "CS101", DATE, api_name="/export_log")
+    assert path is None and message == "Wrong admin password."
+
+
+@pytest.mark.slow
+def test_removed_person_comes_out_unknown(client, visitors, service):
+    from gradio_client import handle_file
+
+    photo = CELEBA_FILES[9]
+    client.predict(PASSWORD, "Temporary", [handle_file(str(photo))], api_name="/enrol")
+    assert recognise(client, photo)[1][0][3] == "Temporary"
+    client.predict(PASSWORD, "Temporary", api_name="/remove")
+    assert recognise(client, photo)[1][0][3] != "Temporary"
+    assert "Temporary" not in service.gallery
+    assert "not enrolled" in client.predict(PASSWORD, "Temporary", api_name="/remove")
+
+
+@pytest.mark.slow
+def test_one_detection_feeds_both_models_as_predict_image_would(service):
+    from tf_models.images import read_image
+
+    photo = STUDENTS_SAMPLE / "Aiyana Begay" / "photo 1.JPG"
+    pixels = read_image(photo)
+    boxes = [(face.box, face.confidence) for face in service.detector.detect(pixels)]
+    for predictor in (service.gender, service.identity):
+        alone = predictor.predict_image(photo).faces
+        shared = predictor.predict_boxes(pixels, boxes)
+        assert [f.box for f in shared] == [f.box for f in alone] and [f.label for f in shared] == [f.label for f in alone]
+        np.testing.assert_allclose([f.embedding for f in shared], [f.embedding for f in alone], atol=1e-5)
+
+
+# ---- bad uploads ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def bad_files(tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("bad")
+    files = {"not_an_image": folder / "notes.jpg", "empty": folder / "empty.png", "huge": folder / "huge.png",
+             "alpha": folder / "alpha.png", "gray": folder / "gray.png", "no_face": folder / "wall.jpg",
+             "twenty_faces": folder / "crowd.jpg"}
+    files["not_an_image"].write_text("this is not a photo\n", encoding="utf-8")
+    files["empty"].write_bytes(b"")
+    Image.new("L", (10_000, 10_000)).save(files["huge"])  # 100 MP: over read_image's limit, a small file
+    face = Image.open(CELEBA_FILES[0]).convert("RGB")
+    rgba = face.convert("RGBA")
+    rgba.putalpha(Image.new("L", face.size, 200))
+    rgba.save(files["alpha"])
+    face.convert("L").save(files["gray"])
+    Image.fromarray(np.tile(np.linspace(60, 200, 640, dtype=np.uint8), (480, 1))).convert("RGB").save(files["no_face"])
+    crowd = Image.new("RGB", (5 * 178, 4 * 218))
+    for k, path in enumerate(CELEBA_FILES[:20]):
+        crowd.paste(Image.open(path).convert("RGB"), ((k % 5) * 178, (k // 5) * 218))
+    crowd.save(files["twenty_faces"], quality=95)
+    return files
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("kind", "expected"), [
+    ("not_an_image", r"cannot be used as a photo: not an image"),
+    ("empty", "cannot be used as a photo: empty file"),
+    # Over read_image's pixel limit: refused before decoding (PIL's bomb check words it).
+    ("huge", "cannot be used as a photo: (image too large|decompression bomb refused).*100000000 pixels"),
+    ("no_face", "No face found"),
+])
+def test_bad_upload_gives_a_clear_message(client, bad_files, kind, expected):
+    _, rows, message = recognise(client, bad_files[kind], course="CS101", mark=True)
+    assert re.search(expected, message) and rows == [], message
+    # The app still answers.
+    assert recognise(client, CELEBA_FILES[2])[2].startswith("1 face found")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["alpha", "gray"])
+def test_alpha_and_grayscale_photos_are_read(client, bad_files, kind):
+    _, rows, message = recognise(client, bad_files[kind])
+    assert message.startswith("1 face found") and len(rows) == 1
+
+
+@pytest.mark.slow
+def test_twenty_faces_are_capped_with_a_message(client, bad_files, service):
+    _, rows, message = recognise(client, bad_files["twenty_faces"])
+    found = int(re.match(r"(\d+) faces found", message).group(1))
+    assert found >= 15, message  # the tiles are CelebA photos: nearly all are found
+    assert len(rows) == service.max_faces and f"Only the {service.max_faces} largest" in message
+    assert [row[0] for row in rows] == list(range(1, service.max_faces + 1))
+
+
+# ---- a real browser ---------------------------------------------------------------------------------
+
+
+def _chromium() -> str:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        if found := shutil.which(name):
+            return found
+    pytest.fail("Headless Chromium is needed: `make test` installs Debian's chromium package "
+                "(or run: apt-get install chromium).")
+
+
+@pytest.mark.slow
+def test_page_loads_in_a_headless_browser_without_errors(app_url, tmp_path):
+    chromium = _chromium()
+    common = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+              "--hide-scrollbars", "--window-size=1280,1400", "--virtual-time-budget=20000",
+              f"--user-data-dir={tmp_path / 'profile'}"]
+    shot = tmp_path / "page.png"
+    subprocess.run([*common, f"--screenshot={shot}", app_url], capture_output=True, timeout=180, check=True)
+    dom = subprocess.run([*common, "--dump-dom", app_url], capture_output=True, text=True, timeout=180,
+                         check=True).stdout
+    visible = re.sub(r"<[^>]+>", " ", re.sub(r"<(script|style)\b.*?</\1>", " ", dom, flags=re.DOTALL))
+    assert "Recognise" in visible and "Model info" in visible and "Admin" in visible, visible[:500]
+    assert not re.search(r"\bError\b", visible), visible[:2000]
+    assert 'class="toast-body error' not in dom and "error-message" not in dom
+    with Image.open(shot) as image:
+        assert image.size == (1280, 1400)
+        # Not blank: the page has text, the upload box and the example thumbnails.
+        colours = image.convert("RGB").getcolors(maxcolors=1 << 20)
+        assert colours is None or len(colours) > 50
+
+
+# ---- load -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_eight_clients_25_requests_each_no_error_and_exact_attendance(app_url, visitors, service):
+    from gradio_client import Client
+
+    photos = [visitors["Visitor One"], visitors["Visitor Two"]]
+
+    def client_session(index: int) -> list[str]:
+        client = Client(app_url, verbose=False)
+        problems = []
+        for request in range(25):
+            _, rows, message = recognise(client, photos[request % 2], course=f"load-{index}", mark=True)
+            expected = "Visitor One" if request % 2 == 0 else "Visitor Two"
+            if [row[3] for row in rows] != [expected] or not message.startswith("1 face found"):
+                problems.append(f"client {index} request {request}: {rows} {message}")
+        return problems
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        problems = [p for result in pool.map(client_session, range(8)) for p in result]
+    assert problems == []
+    for index in range(8):
+        rows = service.log.session_rows(f"load-{index}", DATE)
+        assert sorted(rows["name"]) == ["Visitor One", "Visitor Two"]
+    sessions = service.log.sessions()
+    assert int(sessions[sessions["course"].str.startswith("load-")]["present"].sum()) == 16
+    assert UNKNOWN not in set(service.log.session_rows("load-0", DATE)["name"])

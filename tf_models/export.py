@@ -1,0 +1,281 @@
+"""Run folders in, models for other runtimes out: SavedModel, ONNX, TFLite (LiteRT).
+
+Every export serves BOTH outputs of :func:`tf_models.classifier.with_embedding` (``probabilities``
+and the L2-normalised ``embedding``) from one input ``image``: float32 raw RGB 0..255, shape
+``[batch, H, W, 3]`` with a free batch size. Preprocessing is inside the graph, as in the Keras model.
+
+An export folder holds the model file plus what :meth:`tf_models.predictor.Predictor.from_export`
+needs to serve it like the run: ``class_names.json``, ``crop.json`` (identity runs) and
+``export.json`` (format, quantisation, input size, task, the ``model.keras`` it came from).
+
+Conversions use Keras's own exporters (``Model.export``): ``tf_saved_model``, ``onnx`` (through
+tf2onnx, which Keras patches for numpy 2) and ``litert`` (``tf.lite.TFLiteConverter``). Quantisation
+(``float16`` weights, or ``int8`` weights and activations calibrated on the run's own images) applies
+to TFLite; ONNX and SavedModel exports are float32.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import warnings
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+
+from tf_models.classifier import with_embedding
+from tf_models.config import TrainConfig
+from tf_models.students import CropSettings
+
+EXPORT_FORMATS = ("savedmodel", "onnx", "tflite")
+QUANTIZATIONS = ("float16", "int8")
+INPUT_NAME = "image"
+OUTPUT_NAMES = ("probabilities", "embedding")
+EXPORT_INFO = "export.json"
+MODEL_FILES = {"savedmodel": "saved_model", "onnx": "model.onnx", "tflite": "model.tflite"}
+# Bundled samples: calibration images when a run's own data folder is gone (a run copied elsewhere).
+_BUNDLED_SAMPLES = {"gender": "datasets/celeba/sample", "identity": "datasets/students/sample"}
+_REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class RunFiles:
+    """What a run folder says about serving its model (everything but the weights)."""
+
+    run_dir: Path
+    config: TrainConfig
+    class_names: list[str]
+    crop: CropSettings | None  # identity runs: how training cut faces out; None: gender (CelebA framing)
+
+    @property
+    def model_path(self) -> Path:
+        return self.run_dir / "model.keras"
+
+
+def read_crop_settings(path: Path) -> CropSettings:
+    """``crop.json`` (``dataclasses.asdict`` of CropSettings) back to CropSettings."""
+    values = json.loads(path.read_text(encoding="utf-8"))
+    values["size"] = tuple(int(v) for v in values["size"])
+    return CropSettings(**values)
+
+
+def read_class_names(path: Path) -> list[str]:
+    names = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(names, list) or len(names) < 2 or not all(isinstance(n, str) for n in names):
+        raise ValueError(f"{path} must hold a JSON list of at least 2 class names. Received: {names!r}")
+    return names
+
+
+def read_run(run_dir: str | Path) -> RunFiles:
+    """Reads ``config.yaml``, ``class_names.json`` and ``crop.json`` of a run folder; checks ``model.keras``."""
+    run_dir = Path(run_dir).expanduser()
+    missing = [name for name in ("config.yaml", "class_names.json", "model.keras") if not (run_dir / name).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"{run_dir} is not a finished run folder (missing {', '.join(missing)}). Pass the --out folder of "
+            f"scripts/train.py. Received: run_dir={str(run_dir)!r}"
+        )
+    config = TrainConfig.load(run_dir / "config.yaml")
+    crop_path = run_dir / "crop.json"
+    crop = read_crop_settings(crop_path) if crop_path.is_file() else None
+    return RunFiles(run_dir, config, read_class_names(run_dir / "class_names.json"), crop)
+
+
+def load_run_model(run_dir: str | Path) -> keras.Model:
+    """The run's ``model.keras``, loaded with ``safe_mode=True`` (no arbitrary code from the file)."""
+    import tf_models  # noqa: F401  registers the custom layers the file names
+
+    return keras.saving.load_model(read_run(run_dir).model_path, safe_mode=True, compile=False)
+
+
+def file_sha1(path: Path) -> str:
+    digest = hashlib.sha1()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _signature(model: keras.Model) -> list[Any]:
+    import tensorflow as tf
+
+    height, width = model.input_shape[1:3]
+    return [tf.TensorSpec([None, height, width, 3], tf.float32, name=INPUT_NAME)]
+
+
+def _serving_model(model: keras.Model) -> keras.Model:
+    """The two-output model; a model that already has both outputs is used as is."""
+    if isinstance(model.output, dict) and set(model.output) == set(OUTPUT_NAMES):
+        return model
+    return with_embedding(model)
+
+
+def check_format(fmt: str, quantize: str | None) -> None:
+    """Raises ValueError for an unknown format or a quantisation the format does not support."""
+    if fmt not in EXPORT_FORMATS:
+        raise ValueError(f"format must be one of {EXPORT_FORMATS}. Received: format={fmt!r}")
+    if quantize is not None and quantize not in QUANTIZATIONS:
+        raise ValueError(f"quantize must be one of {QUANTIZATIONS} or None. Received: quantize={quantize!r}")
+    if quantize is not None and fmt != "tflite":
+        raise ValueError(
+            f"Quantisation is implemented for the tflite format only; {fmt} exports are float32. "
+            f"Use --format tflite --quantize {quantize}. Received: format={fmt!r}, quantize={quantize!r}"
+        )
+
+
+def export_keras(
+    model: keras.Model,
+    fmt: str,
+    path: str | Path,
+    *,
+    quantize: str | None = None,
+    representative: np.ndarray | None = None,
+) -> Path:
+    """Writes ``model`` (a classifier, or its ``with_embedding`` form) in ``fmt`` to ``path``.
+
+    ``representative``: float32 model inputs (N x H x W x 3) to calibrate ``int8`` activations;
+    100 or so real, framed faces. Returns ``path``.
+    """
+    check_format(fmt, quantize)
+    if keras.config.dtype_policy().name != "float32":
+        raise ValueError("Export needs the float32 dtype policy (keras.config.set_dtype_policy('float32')). "
+                         f"Received: policy={keras.config.dtype_policy().name!r}")
+    serving = _serving_model(model)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    signature = _signature(serving)
+    with warnings.catch_warnings():
+        # Keras's tf2onnx numpy-2 patch probes np.object (FutureWarning); the exporters warn that
+        # the input structure is a list: neither is the user's business.
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.filterwarnings("ignore", message=".*structure of `inputs`.*")
+        if fmt == "savedmodel":
+            serving.export(str(path), format="tf_saved_model", input_signature=signature, verbose=False)
+        elif fmt == "onnx":
+            _require("tf2onnx", "ONNX export")
+            _require("onnx", "ONNX export")
+            serving.export(str(path), format="onnx", input_signature=signature, verbose=False)
+        else:
+            serving.export(str(path), format="litert", input_signature=signature, verbose=False,
+                           **_tflite_options(quantize, representative))
+    return path
+
+
+def _tflite_options(quantize: str | None, representative: np.ndarray | None) -> dict[str, Any]:
+    import tensorflow as tf
+
+    if quantize is None:
+        return {}
+    options: dict[str, Any] = {"optimizations": [tf.lite.Optimize.DEFAULT]}
+    if quantize == "float16":
+        options["target_spec"] = {"supported_types": [tf.float16]}
+        return options
+    if representative is None or len(representative) == 0:
+        raise ValueError("int8 quantisation needs representative inputs to calibrate activations "
+                         "(float32 N x H x W x 3). Received: representative=None")
+    samples = np.asarray(representative, dtype=np.float32)
+
+    def calibration() -> Iterator[dict[str, np.ndarray]]:
+        for sample in samples:
+            yield {INPUT_NAME: sample[None]}
+
+    # int8 weights and activations; input and output stay float32, so serving code is unchanged.
+    options["representative_dataset"] = calibration
+    return options
+
+
+def _require(module: str, what: str) -> None:
+    try:
+        __import__(module)
+    except ImportError as err:
+        raise ImportError(f"{what} needs the {module!r} package: pip install -r requirements.txt") from err
+
+
+def calibration_inputs(run: RunFiles, input_size: tuple[int, int], limit: int = 100) -> np.ndarray:
+    """Up to ``limit`` model inputs framed as serving frames them, from the run's data folder.
+
+    Falls back to the bundled sample of the run's task when the data folder is not on this machine.
+    """
+    from tf_models.images import ImageReadError, is_image_path, read_image
+    from tf_models.predictor import FaceFramer
+
+    root = Path(run.config.data_dir).expanduser()
+    if not root.is_dir():
+        root = _REPO_ROOT / _BUNDLED_SAMPLES[run.config.task]
+    files = sorted(p for p in root.rglob("*") if p.is_file() and is_image_path(p))
+    if not files:
+        raise ValueError(f"No images to calibrate int8 quantisation under {root}. Received: data_dir={str(root)!r}")
+    step = max(1, len(files) // limit)
+    framer = FaceFramer(input_size, run.crop, whole_image_if_no_face=True)
+    inputs: list[np.ndarray] = []
+    for path in files[::step]:
+        try:
+            batch, _ = framer.model_inputs(read_image(path))
+        except ImageReadError:
+            continue
+        inputs.extend(batch[:1])
+        if len(inputs) >= limit:
+            break
+    return np.stack(inputs)
+
+
+def export_run(
+    run_dir: str | Path,
+    fmt: str,
+    out: str | Path | None = None,
+    *,
+    quantize: str | None = None,
+    calibration_images: int = 100,
+) -> Path:
+    """Exports a run folder's model to the folder ``out`` (default ``RUN_DIR/exports/<fmt>[-<quantize>]``).
+
+    Returns the export folder; :meth:`~tf_models.predictor.Predictor.from_export` serves it.
+    """
+    check_format(fmt, quantize)
+    run = read_run(run_dir)
+    out = Path(out) if out else run.run_dir / "exports" / (fmt + (f"-{quantize}" if quantize else ""))
+    model = load_run_model(run.run_dir)
+    input_size = tuple(int(v) for v in model.input_shape[1:3])
+    representative = calibration_inputs(run, input_size, calibration_images) if quantize == "int8" else None
+    out.mkdir(parents=True, exist_ok=True)
+    export_keras(model, fmt, out / MODEL_FILES[fmt], quantize=quantize, representative=representative)
+    (out / "class_names.json").write_text(json.dumps(run.class_names, ensure_ascii=False, indent=1), encoding="utf-8")
+    if run.crop is not None:
+        (out / "crop.json").write_text(json.dumps(asdict(run.crop)), encoding="utf-8")
+    info = {
+        "format": fmt,
+        "quantize": quantize,
+        "model_file": MODEL_FILES[fmt],
+        "input_size": list(input_size),
+        "task": run.config.task,
+        "backbone": run.config.backbone,
+        "source_model_sha1": file_sha1(run.model_path),
+        "calibration_images": len(representative) if representative is not None else 0,
+        "versions": {name: _version(name) for name in ("tensorflow", "keras", "tf2onnx", "onnx")},
+    }
+    (out / EXPORT_INFO).write_text(json.dumps(info, indent=2), encoding="utf-8")
+    return out
+
+
+def _version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def read_export_info(path: str | Path) -> tuple[Path, dict[str, Any]]:
+    """(export folder, its export.json); ``path`` may be the folder or the model file inside it."""
+    path = Path(path).expanduser()
+    folder = path if path.is_dir() and (path / EXPORT_INFO).is_file() else path.parent
+    info_path = folder / EXPORT_INFO
+    if not info_path.is_file():
+        raise FileNotFoundError(
+            f"No {EXPORT_INFO} next to {path}: pass a folder written by scripts/export.py. Received: path={str(path)!r}"
+        )
+    return folder, json.loads(info_path.read_text(encoding="utf-8"))
