@@ -271,6 +271,12 @@ def main(argv: list[str] | None = None) -> int:
             lambda: pipeline(config, cache=True),
         ),
         (
+            "ours_cached_nearest",
+            (f"{source}, fused augmentation, interpolation_order=0 (nearest), decoded images cached in "
+             "memory (what every epoch after the first costs in training)"),
+            lambda: pipeline(nearest, cache=True),
+        ),
+        (
             "decode_only",
             f"{source}, training=False: read + decode (+ resize if sizes differ) + batch, no augmentation",
             lambda: pipeline(None, training=False),
