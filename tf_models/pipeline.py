@@ -19,6 +19,16 @@ from tf_models.augment import AugmentConfig, build_augmenter
 AUTOTUNE = tf.data.AUTOTUNE
 
 
+def resize_images(images: tf.Tensor, image_size: tuple[int, int]) -> tf.Tensor:
+    """uint8/float images (one, or a batch) -> float32 0..255 at ``image_size``: THE resize of the suite.
+
+    Training (below) and serving (:mod:`tf_models.predictor`) both call it, so a face reaches the
+    model exactly as in training. antialias: downscaling large photos without it aliases badly.
+    """
+    resized = tf.image.resize(images, tf.constant(image_size, dtype=tf.int32), method="bilinear", antialias=True)
+    return tf.clip_by_value(resized, 0.0, 255.0)
+
+
 def decode_and_resize(path: tf.Tensor, image_size: tuple[int, int]) -> tf.Tensor:
     """Reads one JPEG/PNG/BMP/GIF/WEBP file to float32 RGB 0..255 of ``image_size`` (H, W)."""
     data = tf.io.read_file(path)
@@ -26,14 +36,10 @@ def decode_and_resize(path: tf.Tensor, image_size: tuple[int, int]) -> tf.Tensor
     image.set_shape([None, None, 3])
     target = tf.constant(image_size, dtype=tf.int32)
 
-    def resized() -> tf.Tensor:
-        # antialias: downscaling large photos without it aliases badly.
-        return tf.clip_by_value(tf.image.resize(image, target, method="bilinear", antialias=True), 0.0, 255.0)
-
     # Files already at the model's size (CelebA at 218x178, cached face crops) skip the resize:
     # it is the most expensive step of the pipeline and would be a no-op.
     same_size = tf.reduce_all(tf.equal(tf.shape(image)[:2], target))
-    image = tf.cond(same_size, lambda: tf.cast(image, tf.float32), resized)
+    image = tf.cond(same_size, lambda: tf.cast(image, tf.float32), lambda: resize_images(image, image_size))
     image.set_shape([image_size[0], image_size[1], 3])
     return image
 

@@ -256,15 +256,14 @@ def load_export_runtime(folder: Path, info: dict[str, Any]) -> Runtime:
 def resize_to_input(images: np.ndarray, input_size: tuple[int, int]) -> np.ndarray:
     """uint8 N x h x w x 3 -> float32 N x H x W x 3, resized as the training pipeline resizes.
 
-    Same call as :func:`tf_models.pipeline.decode_and_resize` (bilinear, antialias, clipped to
-    0..255; no resize when the size already matches), so a crop reaches the model as in training.
+    :func:`tf_models.pipeline.resize_images`, the training pipeline's own resize (skipped, as in
+    training, when the size already matches), so a crop reaches the model as in training.
     """
-    import tensorflow as tf
+    from tf_models.pipeline import resize_images
 
     if tuple(images.shape[1:3]) == tuple(input_size):
         return images.astype(np.float32)
-    resized = tf.image.resize(images, input_size, method="bilinear", antialias=True)
-    return tf.clip_by_value(resized, 0.0, 255.0).numpy().astype(np.float32)
+    return resize_images(images, tuple(input_size)).numpy().astype(np.float32)
 
 
 def celeba_frame_rect(box: tuple[int, int, int, int]) -> tuple[float, float, float, float]:
