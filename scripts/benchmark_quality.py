@@ -81,6 +81,9 @@ def main(argv: list[str] | None = None) -> int:
         # alone depends on how busy the (shared) machine was.
         idle_minutes = (_cpu_seconds() - cpu_start) / len(os.sched_getaffinity(0)) / 60
         metrics = result.metrics
+        extra = {}
+        if task == "identity":  # the app names people by the gallery: report that accuracy and the open-set rates
+            extra = identity_extras(run_dir, config, args.out.parent / "openset" / data_dir.name)
         rows.append({
             "task": task, "data": data_dir.name, "backbone": config.backbone, "mode": config.mode,
             "input_size": "x".join(map(str, metrics["input_size"])), "epochs": metrics["epochs_run"],
@@ -89,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
             "accuracy_met": metrics["accuracy"] >= target, "wall_minutes": round(minutes, 1),
             "cpu_minutes_per_core": round(idle_minutes, 1), "budget_minutes": args.budget_minutes,
             "within_budget": min(minutes, idle_minutes) <= args.budget_minutes,
-            "recipe": recipe.relative_to(REPO_ROOT).as_posix(),
+            "recipe": recipe.relative_to(REPO_ROOT).as_posix(), **extra,
         })
 
     frame = pd.DataFrame(rows)
@@ -113,6 +116,21 @@ def main(argv: list[str] | None = None) -> int:
                     f"({r['cpu_minutes_per_core']} CPU-min/core)"
                     for r in rows))
     return 0
+
+
+def identity_extras(run_dir: Path, config, openset_out: Path) -> dict:
+    """Nearest-centroid accuracy on the test split (the app's decision) and leave-one-person-out FAR/FRR."""
+    import keras
+
+    from tf_models.gallery import nearest_centroid_accuracy
+    from tf_models.openset import evaluate_openset
+    from tf_models.training import load_table
+
+    model = keras.saving.load_model(run_dir / "model.keras", safe_mode=True)
+    accuracy = nearest_centroid_accuracy(model, load_table(config), batch_size=config.batch_size)
+    summary = evaluate_openset(run_dir, config.data_dir, target_far=0.01, out=openset_out).summary
+    return {"gallery_accuracy": round(accuracy, 4), "openset_far": round(summary["far"], 4),
+            "openset_frr": round(summary["frr"], 4)}
 
 
 def _cpu_seconds() -> float:

@@ -472,3 +472,21 @@ def build_gallery_from_table(model: keras.Model, table: ImageTable, *, split: st
     calibration = calibrate_gallery(gallery, vectors[~in_split], [n for n, k in zip(names, in_split) if not k],
                                     target_far)
     return gallery, calibration
+
+
+def nearest_centroid_accuracy(model: keras.Model, table: ImageTable, *, enrol_splits: Sequence[str] = ("train", "val"),
+                              test_split: str = "test", batch_size: int = 32) -> float:
+    """Closed-set accuracy of the gallery's decision: test faces named by the nearest enrolled centroid.
+
+    The app names people this way (threshold aside), so this is the identity accuracy it serves;
+    it can differ a lot from the softmax's top-1 on few photos per person.
+    """
+    vectors, names, splits = table_embeddings(model, table, [*enrol_splits, test_split], batch_size)
+    is_test = np.array([s == test_split for s in splits], dtype=bool)
+    if not is_test.any() or is_test.all():
+        raise ValueError(f"Need faces in both {list(enrol_splits)} and {test_split!r}. "
+                         f"Received: splits={sorted(set(splits))}")
+    gallery = gallery_from_embeddings(vectors[~is_test], [n for n, t in zip(names, is_test) if not t])
+    matches = gallery.match(vectors[is_test])
+    truth = [n for n, t in zip(names, is_test) if t]
+    return float(np.mean([m.best_name == n for m, n in zip(matches, truth)]))
