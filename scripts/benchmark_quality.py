@@ -59,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     from tf_models.training import train
 
     machine = machine_info(["tensorflow", "keras"])  # before training: the load average is the neighbours'
+    command = ("python scripts/benchmark_quality.py " + " ".join(argv if argv is not None else sys.argv[1:])).strip()
     rows = []
     for task in args.tasks:
         recipe, _, target = BENCHMARKS[task]
@@ -92,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
             "accuracy_met": metrics["accuracy"] >= target, "wall_minutes": round(minutes, 1),
             "cpu_minutes_per_core": round(idle_minutes, 1), "budget_minutes": args.budget_minutes,
             "within_budget": min(minutes, idle_minutes) <= args.budget_minutes,
-            "recipe": recipe.relative_to(REPO_ROOT).as_posix(), **extra,
+            "recipe": recipe.relative_to(REPO_ROOT).as_posix(), "command": f"`{command}`",
+            "date": machine["date (UTC)"], "load_at_start": machine["load average at start (1/5/15 min)"], **extra,
         })
 
     frame = pd.DataFrame(rows)
@@ -102,18 +104,19 @@ def main(argv: list[str] | None = None) -> int:
         kept = pd.read_csv(previous)
         frame = pd.concat([kept[~kept["task"].isin(frame["task"])], frame], ignore_index=True).sort_values("task")
     frame.to_csv(args.out / "benchmark_quality.csv", index=False)
-    command = "python scripts/benchmark_quality.py " + " ".join(argv if argv is not None else sys.argv[1:])
     (args.out / "benchmark_quality.md").write_text(
         "# Quality from scratch on real data\n\n"
-        f"Written by `{command.strip()}`. Accuracy on each run's held-out test split (gender: "
+        "Written by the command in each row. Accuracy on each run's held-out test split (gender: "
         "identity-disjoint; identity: held-out photos of known people). Minutes: wall time of the whole "
         "run (data checks, training, evaluation); cpu_minutes_per_core: the process's CPU time divided by "
         "the cores, i.e. the wall time on this machine when nobody else uses it (the machine is shared). "
         "No pretrained weights.\n\n"
-        + markdown_table(frame) + "\n" + machine_markdown(machine), encoding="utf-8")
+        + markdown_table(frame.fillna("")) + "\nMachine of the latest run:\n\n" + machine_markdown(machine),
+        encoding="utf-8")
     print(frame.to_string(index=False))
-    print("; ".join(f"{r['task']}: accuracy {r['accuracy']:.4f} (target {r['target']}) in {r['wall_minutes']} min "
-                    f"({r['cpu_minutes_per_core']} CPU-min/core)"
+    print("; ".join(f"{r['task']}: accuracy {r['accuracy']:.4f}"
+                    + (f", nearest-centroid {r['gallery_accuracy']:.4f}" if "gallery_accuracy" in r else "")
+                    + f" (target {r['target']}) in {r['wall_minutes']} min ({r['cpu_minutes_per_core']} CPU-min/core)"
                     for r in rows))
     return 0
 
