@@ -42,7 +42,7 @@ import tensorflow as tf  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from tf_models.augment import REFERENCE_GENERATOR_ARGS, AugmentConfig, RescaleIgnoredWarning, build_augmenter  # noqa: E402
-from tf_models.benchmarking import machine_info  # noqa: E402
+from tf_models.benchmarking import display_path, machine_info  # noqa: E402
 
 DEFAULT_DATA_DIR = REPO_ROOT.parent / "shared" / "data" / "celeba"
 IMAGE_SIZE = (218, 178)  # (height, width): CelebA's aligned crops, no resizing needed
@@ -339,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
         f"on {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.",
         "",
         *(f"- {k}: {v}" for k, v in machine.items()),
-        f"- images: first {n} of `{args.labels_csv or args.data_dir / 'gender_labels.csv'}` "
+        f"- images: first {n} of `{display_path(args.labels_csv or args.data_dir / 'gender_labels.csv')}` "
         f"({IMAGE_SIZE[0]}x{IMAGE_SIZE[1]} JPEG), batch {batch_size}",
         f"- augmentation (both pipelines): {settings} (rescale is ignored by ours: models preprocess inside)",
         f"- timing: median of {repeats} full passes of {n} images after one warm-up pass, variants "

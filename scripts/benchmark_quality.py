@@ -52,9 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    for name in ("celeba", "students", "runs_dir", "out"):
+        setattr(args, name, getattr(args, name).resolve())
+    os.chdir(REPO_ROOT)  # run configs hold repo-relative paths (they reach results files); run from anywhere
     import pandas as pd
 
-    from tf_models.benchmarking import machine_info, machine_markdown, markdown_table
+    from tf_models.benchmarking import display_path, machine_info, machine_markdown, markdown_table
     from tf_models.config import TrainConfig
     from tf_models.training import train
 
@@ -70,7 +73,9 @@ def main(argv: list[str] | None = None) -> int:
         run_dir = args.runs_dir / task
         if run_dir.exists() and not args.resume:
             shutil.rmtree(run_dir)  # a leftover backup/ would otherwise resume an old run
-        config = dataclasses.replace(TrainConfig.load(recipe), data_dir=str(data_dir), out=str(run_dir))
+        # Relative paths: they end up in results files, which must not carry this machine's paths.
+        config = dataclasses.replace(TrainConfig.load(recipe), data_dir=display_path(data_dir),
+                                     out=display_path(run_dir))
         if args.epochs is not None:
             config = dataclasses.replace(config, epochs=args.epochs)
         print(f"[quality] {task}: {config.backbone} {config.mode} {config.input_size} x {config.epochs} epochs "
@@ -84,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         metrics = result.metrics
         extra = {}
         if task == "identity":  # the app names people by the gallery: report that accuracy and the open-set rates
-            extra = identity_extras(run_dir, config, args.out.parent / "openset" / data_dir.name)
+            extra = identity_extras(Path(config.out), config, args.out.parent / "openset" / data_dir.name)
         rows.append({
             "task": task, "data": data_dir.name, "backbone": config.backbone, "mode": config.mode,
             "input_size": "x".join(map(str, metrics["input_size"])), "epochs": metrics["epochs_run"],

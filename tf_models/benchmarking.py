@@ -50,3 +50,10 @@ def markdown_table(frame: pd.DataFrame) -> str:
     """A DataFrame as a GitHub Markdown table (no tabulate dependency)."""
     header = "| " + " | ".join(map(str, frame.columns)) + " |\n|" + " --- |" * len(frame.columns) + "\n"
     return header + "".join("| " + " | ".join(str(v) for v in row) + " |\n" for row in frame.itertuples(index=False))
+
+
+def display_path(path: str | Path) -> str:
+    """``path`` relative to the repository root (``../shared/data/...`` for the shared data): results
+    files must not carry the paths of the machine they were made on."""
+    repo_root = Path(__file__).resolve().parents[1]
+    return Path(os.path.relpath(Path(path).resolve(), repo_root)).as_posix()
