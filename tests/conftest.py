@@ -33,3 +33,42 @@ def _fresh_keras_session():
     keras.backend.clear_session()
     keras.utils.set_random_seed(0)
     yield
+
+
+CELEBA_SAMPLE = REPO_ROOT / "datasets" / "celeba" / "sample"
+STUDENTS_SAMPLE = REPO_ROOT / "datasets" / "students" / "sample"
+
+
+def train_tiny_run(task: str, out: Path, cache_dir: Path, *, epochs: int, **overrides) -> Path:
+    """A real run folder on a bundled sample: alexnet_bn from scratch at 72x72, what tests serve and export."""
+    from tf_models.config import TrainConfig
+    from tf_models.training import train
+
+    settings = {"task": task, "data_dir": str(CELEBA_SAMPLE if task == "gender" else STUDENTS_SAMPLE),
+                "backbone": "alexnet_bn", "mode": "scratch", "weights": "none", "input_size": (72, 72),
+                "epochs": epochs, "batch_size": 32 if task == "gender" else 16, "out": str(out),
+                "cache_dir": str(cache_dir)}
+    if task == "identity":  # 6 photos per person: one for validation, one for test
+        settings.update(val_fraction=0.17, test_fraction=0.17)
+    train(TrainConfig(**{**settings, **overrides}), verbose=0)
+    return Path(out)
+
+
+def run_in_threads(work, workers: int) -> list[BaseException]:
+    """Runs ``work(worker_index)`` in ``workers`` threads at once; returns what they raised."""
+    import threading
+
+    errors: list[BaseException] = []
+
+    def guarded(index: int) -> None:
+        try:
+            work(index)
+        except BaseException as err:  # noqa: BLE001 - returned to the test, which asserts none
+            errors.append(err)
+
+    threads = [threading.Thread(target=guarded, args=(w,)) for w in range(workers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return errors

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO_ROOT
+from conftest import CELEBA_SAMPLE, REPO_ROOT, STUDENTS_SAMPLE, train_tiny_run
 from PIL import Image
 
 from tf_models.app import (
@@ -26,11 +26,7 @@ from tf_models.app import (
     NoTrainedModel,
     resolve_run,
 )
-from tf_models.config import TrainConfig
-from tf_models.training import train
 
-CELEBA_SAMPLE = REPO_ROOT / "datasets" / "celeba" / "sample"
-STUDENTS_SAMPLE = REPO_ROOT / "datasets" / "students" / "sample"
 CELEBA_FILES = sorted((CELEBA_SAMPLE / "img_align_celeba").glob("*.jpg"))
 PASSWORD = "test-admin-password"
 DATE = "2025-03-14"
@@ -81,16 +77,9 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> tuple[Path, Path]:
     """Tiny real runs (alexnet_bn from scratch, 72x72, 1 epoch) on the bundled samples."""
-    cache = str(tmp_path_factory.mktemp("cache"))
-    gender = tmp_path_factory.mktemp("gender_run")
-    train(TrainConfig(task="gender", data_dir=str(CELEBA_SAMPLE), backbone="alexnet_bn", mode="scratch",
-                      weights="none", input_size=(72, 72), epochs=1, batch_size=32, out=str(gender),
-                      cache_dir=cache), verbose=0)
-    identity = tmp_path_factory.mktemp("identity_run")
-    train(TrainConfig(task="identity", data_dir=str(STUDENTS_SAMPLE), backbone="alexnet_bn", mode="scratch",
-                      weights="none", input_size=(72, 72), epochs=1, batch_size=16, val_fraction=0.17,
-                      test_fraction=0.17, out=str(identity), cache_dir=cache), verbose=0)
-    return gender, identity
+    cache = tmp_path_factory.mktemp("cache")
+    return (train_tiny_run("gender", tmp_path_factory.mktemp("gender_run"), cache, epochs=1),
+            train_tiny_run("identity", tmp_path_factory.mktemp("identity_run"), cache, epochs=1))
 
 
 @pytest.fixture(scope="module")

@@ -5,11 +5,11 @@ from __future__ import annotations
 import datetime as dt
 import multiprocessing
 import sqlite3
-import threading
 import warnings
 
 import pandas as pd
 import pytest
+from conftest import run_in_threads
 
 from tf_models.attendance import COLUMNS, AttendanceLog
 
@@ -92,25 +92,16 @@ def test_bad_input_is_a_clear_error(tmp_path, kwargs, message):
 def test_threads_lose_and_double_nothing(tmp_path):
     log = AttendanceLog(tmp_path / "a.sqlite")
     names = [f"Student {k:02d} ñ" for k in range(40)]
-    errors: list[BaseException] = []
     newly = []
 
     def work(worker: int) -> None:
-        try:
-            for i in range(25):
-                # Workers overlap: each name is marked by several threads, in two sessions.
-                name = names[(worker * 5 + i) % len(names)]
-                date = "2025-03-14" if i % 2 == 0 else "2025-03-15"
-                newly.append(log.mark("ML", date, name, 0.5 + worker / 100))
-        except BaseException as err:  # noqa: BLE001 - reported by the assert below
-            errors.append(err)
+        for i in range(25):
+            # Workers overlap: each name is marked by several threads, in two sessions.
+            name = names[(worker * 5 + i) % len(names)]
+            date = "2025-03-14" if i % 2 == 0 else "2025-03-15"
+            newly.append(log.mark("ML", date, name, 0.5 + worker / 100))
 
-    threads = [threading.Thread(target=work, args=(w,)) for w in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert errors == []
+    assert run_in_threads(work, 8) == []
     expected = {(name, "2025-03-14" if i % 2 == 0 else "2025-03-15")
                 for w in range(8) for i in range(25) for name in [names[(w * 5 + i) % len(names)]]}
     rows = pd.concat([log.session_rows("ML", d) for d in ("2025-03-14", "2025-03-15")])

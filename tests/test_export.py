@@ -7,19 +7,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO_ROOT
+from conftest import CELEBA_SAMPLE, train_tiny_run
 
 from tf_models.classifier import with_embedding
-from tf_models.config import TrainConfig
 from tf_models.export import EXPORT_INFO, export_run, load_run_model
 from tf_models.pipeline import make_dataset
 from tf_models.predictor import CompiledRuntime, Predictor
-from tf_models.training import train
 
 # Training the fixture run and six conversions take about a minute on 2 cores.
 pytestmark = pytest.mark.slow
 
-CELEBA_SAMPLE = REPO_ROOT / "datasets" / "celeba" / "sample"
 
 
 @pytest.fixture(scope="module")
@@ -29,11 +26,8 @@ def gender_run(tmp_path_factory) -> Path:
     After 2 epochs ~2% of the sample sits within 0.13 of a tie and int8 noise flips them (98.2%
     agreement); after 5 the model is decisive enough that agreement measures the export.
     """
-    out = tmp_path_factory.mktemp("gender_run")
-    train(TrainConfig(task="gender", data_dir=str(CELEBA_SAMPLE), backbone="alexnet_bn", mode="scratch",
-                      weights="none", input_size=(72, 72), epochs=5, batch_size=32, out=str(out),
-                      cache_dir=str(tmp_path_factory.mktemp("cache"))), verbose=0)
-    return out
+    return train_tiny_run("gender", tmp_path_factory.mktemp("gender_run"), tmp_path_factory.mktemp("cache"),
+                          epochs=5)
 
 
 @pytest.fixture(scope="module")

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import json
 import math
-import threading
 import unicodedata
 
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, run_in_threads
 
 from tf_models.gallery import (
     GALLERY_JSON,
@@ -213,25 +212,16 @@ def test_save_load_round_trip_non_ascii(tmp_path, rng):
 def test_concurrent_enrol_match_save(tmp_path, rng):
     _, faces = make_people(rng, 16, 4)
     gallery = gallery_from_embeddings(faces[:8].reshape(-1, DIM), [f"p{k}" for k in range(8) for _ in range(4)], 0.5)
-    errors: list[BaseException] = []
 
     def work(worker: int) -> None:
-        try:
-            for round_ in range(20):
-                gallery.match(faces[round_ % 8])
-                if round_ == 5:
-                    gallery.enrol(f"p{8 + worker}", faces[8 + worker])
-                if round_ % 7 == 0:
-                    gallery.save(tmp_path / "g")
-        except BaseException as err:  # noqa: BLE001 - reported by the assert below
-            errors.append(err)
+        for round_ in range(20):
+            gallery.match(faces[round_ % 8])
+            if round_ == 5:
+                gallery.enrol(f"p{8 + worker}", faces[8 + worker])
+            if round_ % 7 == 0:
+                gallery.save(tmp_path / "g")
 
-    threads = [threading.Thread(target=work, args=(w,)) for w in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert errors == []
+    assert run_in_threads(work, 8) == []
     assert len(gallery) == 16
     assert [m.name for m in gallery.match(faces[:, 0])] == [f"p{k}" for k in range(16)]
     assert len(IdentityGallery.load(tmp_path / "g")) >= 8

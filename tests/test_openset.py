@@ -7,14 +7,13 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import REPO_ROOT
+from conftest import STUDENTS_SAMPLE, train_tiny_run
 from test_gallery import DIM, make_people
 
 from tf_models import openset
-from tf_models.config import TrainConfig
 from tf_models.openset import leave_one_person_out
 
-STUDENTS = str(REPO_ROOT / "datasets" / "students" / "sample")
+STUDENTS = str(STUDENTS_SAMPLE)
 SPLIT_PATTERN = ["train"] * 4 + ["val"] * 2 + ["test"] * 2
 
 
@@ -90,12 +89,9 @@ def test_missing_run_files(tmp_path):
 @pytest.mark.slow
 def test_script_on_a_tiny_identity_run(tmp_path):
     from scripts.evaluate_openset import main
-    from tf_models.training import train
 
     run = tmp_path / "run"
-    train(TrainConfig(task="identity", data_dir=STUDENTS, backbone="alexnet_bn", mode="scratch", weights="none",
-                      input_size=(72, 72), head_units=(32,), epochs=2, batch_size=16, val_fraction=0.17,
-                      test_fraction=0.17, out=str(run), cache_dir=str(tmp_path / "cache")), verbose=0)
+    train_tiny_run("identity", run, tmp_path / "cache", epochs=2, head_units=(32,))
     out = tmp_path / "openset"
     assert main(["--run", str(run), "--data-dir", STUDENTS, "--target-far", "0.05", "--out", str(out)]) == 0
     for name in ("openset.json", "openset.md", "openset_folds.csv", "openset_curve.csv", "openset_roc.png"):

@@ -13,7 +13,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from conftest import REPO_ROOT, SHARED_DATA
+from conftest import CELEBA_SAMPLE, SHARED_DATA, STUDENTS_SAMPLE, train_tiny_run
 from PIL import Image
 
 from tf_models.classifier import build_classifier
@@ -30,10 +30,7 @@ from tf_models.predictor import (
     celeba_frame_rect,
 )
 from tf_models.students import CropSettings, _crop_one
-from tf_models.training import train
 
-CELEBA_SAMPLE = REPO_ROOT / "datasets" / "celeba" / "sample"
-STUDENTS_SAMPLE = REPO_ROOT / "datasets" / "students" / "sample"
 SCENES = SHARED_DATA / "scenes"
 
 
@@ -45,11 +42,8 @@ def celeba_sample_files(n: int | None = None) -> list[Path]:
 @pytest.fixture(scope="module")
 def gender_run(tmp_path_factory) -> Path:
     """A real (tiny) gender run: alexnet_bn from scratch, 72x72, 2 epochs on the bundled sample."""
-    out = tmp_path_factory.mktemp("gender_run")
-    train(TrainConfig(task="gender", data_dir=str(CELEBA_SAMPLE), backbone="alexnet_bn", mode="scratch",
-                      weights="none", input_size=(72, 72), epochs=2, batch_size=32, out=str(out),
-                      cache_dir=str(tmp_path_factory.mktemp("cache"))), verbose=0)
-    return out
+    return train_tiny_run("gender", tmp_path_factory.mktemp("gender_run"), tmp_path_factory.mktemp("cache"),
+                          epochs=2)
 
 
 @pytest.fixture(scope="module")

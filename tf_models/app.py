@@ -278,7 +278,7 @@ class FaceService:
         if image is None:
             return Analysis(None, message="Upload a photo or take one with the webcam.", error=True)
         try:
-            pixels = Predictor._pixels(image)  # the predictor's own decoding: read_image for files
+            pixels = Predictor.load_pixels(image)  # the predictor's own decoding: read_image for files
             boxes, found = self._faces(pixels)
         except ImageReadError as err:
             return Analysis(None, message=f"This file cannot be used as a photo: {err.reason}.", error=True)
@@ -347,7 +347,7 @@ class FaceService:
         for path in images or []:
             label = Path(path).name
             try:
-                pixels = Predictor._pixels(path)
+                pixels = Predictor.load_pixels(path)
                 boxes, _ = self._faces(pixels)
             except ImageReadError as err:
                 skipped.append(f"{label}: {err.reason}")

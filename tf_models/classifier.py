@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import re
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import keras
 from keras import layers
@@ -34,6 +34,7 @@ BACKBONE_LAYER = "backbone"  # name of the backbone sub-model inside every class
 PREPROCESS_LAYER = "preprocess"  # name of the ImagePreprocessing layer
 FEATURES_LAYER = "features"  # pooled backbone features (the embedding before the head)
 PREDICTIONS_LAYER = "predictions"  # the float32 softmax output layer
+EMBEDDING_OUTPUTS = ("probabilities", "embedding")  # output names of with_embedding(model)
 _PARTIAL_LOAD = re.compile(r"skipping|freshly.initiali[sz]ed|mismatch|not (be )?loaded", re.IGNORECASE)
 
 
@@ -226,9 +227,12 @@ def with_embedding(model: keras.Model) -> keras.Model:
 
     The embedding is the penultimate layer (the input of the softmax layer), L2-normalised in
     float32: what open-set identity compares with cosine similarity. Weights are shared with
-    ``model``; nothing is copied.
+    ``model``; nothing is copied. A model that already has both outputs is returned as is, so
+    callers (predictor, export, gallery) can pass either form.
     """
+    if isinstance(model.output, dict) and set(model.output) == set(EMBEDDING_OUTPUTS):
+        return model
     penultimate = model.get_layer(PREDICTIONS_LAYER).input
     embedding = layers.UnitNormalization(axis=-1, dtype="float32", name="embedding")(penultimate)
-    return keras.Model(model.inputs, {"probabilities": model.outputs[0], "embedding": embedding},
+    return keras.Model(model.inputs, dict(zip(EMBEDDING_OUTPUTS, (model.outputs[0], embedding))),
                        name=f"{model.name}_with_embedding")

@@ -35,7 +35,6 @@ from tf_models.students import CropSettings
 EXPORT_FORMATS = ("savedmodel", "onnx", "tflite")
 QUANTIZATIONS = ("float16", "int8")
 INPUT_NAME = "image"
-OUTPUT_NAMES = ("probabilities", "embedding")
 EXPORT_INFO = "export.json"
 MODEL_FILES = {"savedmodel": "saved_model", "onnx": "model.onnx", "tflite": "model.tflite"}
 # Bundled samples: calibration images when a run's own data folder is gone (a run copied elsewhere).
@@ -108,13 +107,6 @@ def _signature(model: keras.Model) -> list[Any]:
     return [tf.TensorSpec([None, height, width, 3], tf.float32, name=INPUT_NAME)]
 
 
-def _serving_model(model: keras.Model) -> keras.Model:
-    """The two-output model; a model that already has both outputs is used as is."""
-    if isinstance(model.output, dict) and set(model.output) == set(OUTPUT_NAMES):
-        return model
-    return with_embedding(model)
-
-
 def check_format(fmt: str, quantize: str | None) -> None:
     """Raises ValueError for an unknown format or a quantisation the format does not support."""
     if fmt not in EXPORT_FORMATS:
@@ -145,7 +137,7 @@ def export_keras(
     if keras.config.dtype_policy().name != "float32":
         raise ValueError("Export needs the float32 dtype policy (keras.config.set_dtype_policy('float32')). "
                          f"Received: policy={keras.config.dtype_policy().name!r}")
-    serving = _serving_model(model)
+    serving = with_embedding(model)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     signature = _signature(serving)

@@ -398,15 +398,6 @@ def calibrate_gallery(gallery: IdentityGallery, embeddings: np.ndarray, names: S
 
 # ---- embeddings from images ------------------------------------------------------------------
 
-def embedding_model(model: keras.Model) -> keras.Model:
-    """``model`` with an ``embedding`` output: itself if it already has one, else ``with_embedding(model)``."""
-    if isinstance(model.output, dict) and "embedding" in model.output:
-        return model
-    from tf_models.classifier import with_embedding
-
-    return with_embedding(model)
-
-
 def embed_images(model: keras.Model, paths: Sequence[str | Path], image_size: Sequence[int] | None = None,
                  batch_size: int = 32) -> np.ndarray:
     """L2-normalised embeddings (n, dim) float32 of image files (face crops), in order.
@@ -417,9 +408,10 @@ def embed_images(model: keras.Model, paths: Sequence[str | Path], image_size: Se
     """
     import tensorflow as tf
 
+    from tf_models.classifier import with_embedding
     from tf_models.pipeline import make_dataset
 
-    embedder = embedding_model(model)
+    embedder = with_embedding(model)
     dim = int(embedder.output["embedding"].shape[-1])
     if not len(paths):
         return np.zeros((0, dim), np.float32)

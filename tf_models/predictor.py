@@ -222,11 +222,11 @@ def make_runtime(runtime: str, model: keras.Model, workdir: str | Path | None = 
 
     ``onnx`` and ``tflite`` export the model first, into ``workdir`` (default: a temporary folder).
     """
-    from tf_models.export import _serving_model
+    from tf_models.classifier import with_embedding
 
     if runtime not in RUNTIMES:
         raise ValueError(f"runtime must be one of {RUNTIMES}. Received: runtime={runtime!r}")
-    serving = _serving_model(model)
+    serving = with_embedding(model)
     if runtime == "compiled":
         return CompiledRuntime(serving)
     if runtime == "keras-predict":
@@ -328,8 +328,11 @@ class FaceFramer:
             if not self.whole_image_if_no_face:
                 return np.zeros((0, *self.input_size, 3), np.float32), []
             return self.whole(image), [((0, 0, image.shape[1], image.shape[0]), None)]
-        crops = np.stack([self.frame(image, face.box) for face in faces])
-        return resize_to_input(crops, self.input_size), [(face.box, face.confidence) for face in faces]
+        return self.inputs_at(image, [face.box for face in faces]), [(face.box, face.confidence) for face in faces]
+
+    def inputs_at(self, image: np.ndarray, boxes: Sequence[tuple[int, int, int, int]]) -> np.ndarray:
+        """Model inputs (float32 N x H x W x 3) for faces at known boxes, framed as in training."""
+        return resize_to_input(np.stack([self.frame(image, box) for box in boxes]), self.input_size)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -431,7 +434,7 @@ class Predictor:
         """Every face of one image. Never raises for a bad file: the reason goes to ``error``."""
         source = str(image) if isinstance(image, (str, Path)) else f"<{type(image).__name__}>"
         try:
-            pixels = self._pixels(image)
+            pixels = self.load_pixels(image)
             inputs, boxes = self.framer.model_inputs(pixels)
         except ImageReadError as err:
             return ImagePrediction(source, [], err.reason)
@@ -452,8 +455,7 @@ class Predictor:
         """
         if not boxes:
             return []
-        crops = np.stack([self.framer.frame(pixels, box) for box, _ in boxes])
-        probabilities, embeddings = self.predict_crops(resize_to_input(crops, self.input_size))
+        probabilities, embeddings = self.predict_crops(self.framer.inputs_at(pixels, [box for box, _ in boxes]))
         return [self._face(box, det, p, e) for (box, det), p, e in zip(boxes, probabilities, embeddings)]
 
     def predict_paths(self, paths: Iterable[str | Path], progress: bool = True) -> Iterator[ImagePrediction]:
@@ -469,7 +471,8 @@ class Predictor:
     # -- helpers ---------------------------------------------------------------------------------
 
     @staticmethod
-    def _pixels(image: str | Path | np.ndarray | Image.Image) -> np.ndarray:
+    def load_pixels(image: str | Path | np.ndarray | Image.Image) -> np.ndarray:
+        """A path (read_image: EXIF, HEIC, bombs refused), PIL image or array -> the pixels the detector takes."""
         if isinstance(image, (str, Path)):
             return read_image(image)
         if isinstance(image, Image.Image):
