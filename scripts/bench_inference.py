@@ -1,11 +1,12 @@
 #!/usr/bin/env python
 """Inference-time table: every backbone, every runtime, side by side, measured one way.
 
-    python scripts/bench_inference.py [--backbones all] [--runtimes keras-predict,compiled,onnx,tflite]
+    python scripts/bench_inference.py [--backbones all] [--runtimes keras-predict,compiled,onnx,onnx-int8,tflite]
                                       [--batch 32] [--repeats 20] [--out results/inference]
 
 For each backbone at its registry default input size (random weights: timing does not depend on
-them; 2 classes, the default head) and each runtime of :mod:`tf_models.predictor` (the code the
+them; 2 classes, the default head; ``onnx-int8`` calibrates its activation ranges on bundled CelebA
+sample faces resized to the input, so they are realistic) and each runtime of :mod:`tf_models.predictor` (the code the
 Predictor serves with): parameters, model size on disk (``.keras``, and the runtime's own file),
 single-image latency p50/p90 over ``--repeats`` calls after warm-up, and throughput at ``--batch``.
 ``keras-predict`` (``model.predict`` on one image, what the reference projects timed) is the
@@ -37,10 +38,11 @@ from tf_models.backbones import get_backbone, list_backbones
 from tf_models.benchmarking import machine_info
 from tf_models.classifier import build_classifier, with_embedding
 from tf_models.export import MODEL_FILES
-from tf_models.predictor import RUNTIMES, default_runtime, make_runtime
+from tf_models.predictor import EXPORTED_RUNTIMES, RUNTIMES, default_runtime, make_runtime
 
 DEFAULT_OUT = REPO_ROOT / "results" / "inference"
 WARMUP = 3
+CALIBRATION_FACES = 32  # onnx-int8 activation ranges; timing does not depend on how many
 TARGET_RATIO = 5.0  # the served path must be at least this many times faster than model.predict
 PACKAGES = ("tensorflow", "keras", "numpy", "onnxruntime", "tf2onnx", "onnx", "ai-edge-litert")
 COLUMNS = ("backbone", "input", "params", "keras_mb", "runtime", "file_mb", "p50_ms", "p90_ms",
@@ -50,7 +52,7 @@ COLUMNS = ("backbone", "input", "params", "keras_mb", "runtime", "file_mb", "p50
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backbones", default="all", help="comma-separated registry names, or 'all'")
-    parser.add_argument("--runtimes", default="keras-predict,compiled,onnx,tflite",
+    parser.add_argument("--runtimes", default="keras-predict,compiled,onnx,onnx-int8,tflite",
                         help=f"comma-separated, from {', '.join(RUNTIMES)}")
     parser.add_argument("--batch", type=int, default=32, help="batch size of the throughput measurement")
     parser.add_argument("--repeats", type=int, default=20, help="timed single-image calls per runtime")
@@ -72,6 +74,15 @@ def _percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
 
 
+def calibration_faces(input_size: tuple[int, int], count: int = CALIBRATION_FACES) -> np.ndarray:
+    """Bundled CelebA sample images resized to the model input (float32 0..255): int8 calibration."""
+    from tf_models.images import read_image
+    from tf_models.predictor import resize_to_input
+
+    files = sorted((REPO_ROOT / "datasets" / "celeba" / "sample").rglob("*.jpg"))[:count]
+    return resize_to_input(np.stack([read_image(f) for f in files]), input_size)
+
+
 def bench_backbone(name: str, runtimes: list[str], batch: int, repeats: int, batch_repeats: int,
                    workdir: Path) -> list[dict]:
     """One row per runtime for backbone ``name``."""
@@ -85,7 +96,11 @@ def bench_backbone(name: str, runtimes: list[str], batch: int, repeats: int, bat
     folder.mkdir(parents=True, exist_ok=True)
     model.save(folder / "model.keras")
     keras_mb = (folder / "model.keras").stat().st_size / 2**20
-    engines = {runtime: make_runtime(runtime, serving, folder) for runtime in runtimes}
+    representative = calibration_faces(spec.default_input) if "onnx-int8" in runtimes else None
+    engines = {}
+    for runtime in runtimes:  # each exported runtime in its own folder: two ONNX files must not collide
+        (folder / runtime).mkdir(exist_ok=True)
+        engines[runtime] = make_runtime(runtime, serving, folder / runtime, representative=representative)
     rng = np.random.default_rng(0)
     one = rng.uniform(0, 255, (1, *spec.default_input, 3)).astype(np.float32)
     many = rng.uniform(0, 255, (batch, *spec.default_input, 3)).astype(np.float32)
@@ -110,7 +125,8 @@ def bench_backbone(name: str, runtimes: list[str], batch: int, repeats: int, bat
     baseline = statistics.median(single["keras-predict"]) if "keras-predict" in single else None
     rows = []
     for runtime in runtimes:
-        file_path = folder / MODEL_FILES[runtime] if runtime in ("onnx", "tflite") else folder / "model.keras"
+        exported = EXPORTED_RUNTIMES.get(runtime)
+        file_path = folder / runtime / MODEL_FILES[exported[0]] if exported else folder / "model.keras"
         p50 = statistics.median(single[runtime])
         rows.append({
             "backbone": name, "input": "x".join(map(str, spec.default_input)),

@@ -3,11 +3,14 @@
 
     python scripts/export.py --run runs/gender_resnet50 --format onnx
     python scripts/export.py --run runs/students --format tflite --quantize int8 --out exports/students_int8
+    python scripts/export.py --run runs/gender_resnet50 --format onnx --quantize int8
 
 The export serves both model outputs (probabilities, embedding) and carries class_names.json,
 crop.json (identity runs) and export.json, so `scripts/predict.py --export FOLDER` and
-`Predictor.from_export(FOLDER)` serve it exactly like the run. Quantisation applies to tflite:
-float16 weights, or int8 weights and activations calibrated on faces from the run's data.
+`Predictor.from_export(FOLDER)` serve it exactly like the run. Quantisation: tflite float16 weights,
+or int8 (tflite or onnx) weights and activations calibrated on faces from the run's data; int8
+exports record in export.json how often their top-1 label agrees with the Keras model on other
+faces of that data (``parity``).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", required=True, help="run folder written by scripts/train.py")
     parser.add_argument("--format", required=True, choices=EXPORT_FORMATS, help="what to write")
-    parser.add_argument("--quantize", choices=QUANTIZATIONS, default=None, help="tflite only (default: float32)")
+    parser.add_argument("--quantize", choices=QUANTIZATIONS, default=None, help="tflite: float16 or int8; onnx: int8 (default: float32)")
     parser.add_argument("--out", default=None, help="export folder (default: RUN/exports/<format>[-<quantize>])")
     parser.add_argument("--calibration-images", type=int, default=100,
                         help="int8: images of the run's data used to calibrate activations (default: 100)")

@@ -12,7 +12,7 @@ from conftest import CELEBA_SAMPLE, train_tiny_run
 from tf_models.classifier import with_embedding
 from tf_models.export import EXPORT_INFO, export_run, load_run_model
 from tf_models.pipeline import make_dataset
-from tf_models.predictor import CompiledRuntime, Predictor
+from tf_models.predictor import INT8_MIN_AGREEMENT, PARITY_FILE, CompiledRuntime, Predictor
 
 # Training the fixture run and six conversions take about a minute on 2 cores.
 pytestmark = pytest.mark.slow
@@ -48,6 +48,7 @@ def sample_and_reference(gender_run) -> tuple[np.ndarray, np.ndarray, np.ndarray
         ("tflite", None, 1.0, 1e-4),
         ("tflite", "float16", 0.99, 0.02),
         ("tflite", "int8", 0.99, 0.1),
+        ("onnx", "int8", 0.99, 0.1),
     ],
 )
 def test_export_parity_with_keras(gender_run, sample_and_reference, tmp_path, fmt, quantize, min_agreement,
@@ -58,7 +59,9 @@ def test_export_parity_with_keras(gender_run, sample_and_reference, tmp_path, fm
     assert info["format"] == fmt and info["quantize"] == quantize and info["input_size"] == [72, 72]
     assert json.loads((folder / "class_names.json").read_text()) == ["Female", "Male"]
     predictor = Predictor.from_export(folder)
-    assert predictor.runtime.name == fmt
+    assert predictor.runtime.name == (f"{fmt}-int8" if (fmt, quantize) == ("onnx", "int8") else fmt)
+    if quantize == "int8":  # parity measured on held-out faces of the run's data, written with the export
+        assert info["parity"]["check_images"] >= 100 and info["parity"]["top1_agreement"] >= 0.98
     probabilities, embeddings = predictor.predict_crops(images)
     diff = float(np.abs(probabilities - reference).max())
     embedding_diff = float(np.abs(embeddings - reference_embeddings).max())
@@ -93,12 +96,39 @@ def test_onnx_runtime_of_a_run_is_converted_once_and_cached(gender_run):
     np.testing.assert_allclose(first.predict_crops(images)[0], second.predict_crops(images)[0])
 
 
+def test_served_int8_runtime_is_checked_against_float32_and_cached(gender_run):
+    predictor = Predictor.from_run(gender_run)  # the default runtime
+    assert predictor.runtime.name == "onnx-int8"
+    folder = gender_run / "exports" / "onnx-int8-serving"
+    parity = json.loads((folder / PARITY_FILE).read_text())
+    assert parity["top1_agreement"] >= INT8_MIN_AGREEMENT and parity["check_images"] >= 100
+    assert parity["calibration_images"] >= 50
+    stamp = (folder / "model.onnx").stat().st_mtime_ns
+    images = np.random.default_rng(0).uniform(0, 255, (3, 72, 72, 3)).astype(np.float32)
+    again = Predictor.from_run(gender_run, runtime="onnx-int8")
+    assert (folder / "model.onnx").stat().st_mtime_ns == stamp  # not re-made
+    np.testing.assert_allclose(predictor.predict_crops(images)[0], again.predict_crops(images)[0])
+
+
+def test_int8_model_below_the_parity_bar_is_not_served(gender_run, monkeypatch):
+    """The gate really decides: demand more agreement than the model has and float32 is served."""
+    import tf_models.predictor as predictor_module
+
+    monkeypatch.setattr(predictor_module, "INT8_MIN_AGREEMENT", 1.01)  # more than any model can agree
+    with pytest.warns(UserWarning, match="serving float32 'onnx' instead"):
+        predictor = Predictor.from_run(gender_run, runtime="onnx-int8")
+    assert predictor.runtime.name == "onnx"
+
+
 def test_unsupported_quantisation_is_a_clear_error(gender_run, capsys):
     from scripts.export import main
 
     with pytest.raises(SystemExit):
-        main(["--run", str(gender_run), "--format", "onnx", "--quantize", "int8"])
-    assert "Quantisation is implemented for the tflite format only" in capsys.readouterr().err
+        main(["--run", str(gender_run), "--format", "onnx", "--quantize", "float16"])
+    assert "onnx exports cannot be quantised to float16 (supported: int8). Use --format tflite" in (
+        capsys.readouterr().err)
+    with pytest.raises(ValueError, match="float32 only"):
+        export_run(gender_run, "savedmodel", quantize="int8")
     with pytest.raises(ValueError, match="format must be one of"):
         export_run(gender_run, "coreml")
 

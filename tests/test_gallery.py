@@ -258,6 +258,19 @@ def test_embed_images_shape_norm_and_order(tiny_model):
     assert embed_images(tiny_model, []).shape == (0, 8)
 
 
+def test_embed_images_with_a_serving_runtime(tiny_model):
+    """The app enrols through the runtime it serves with: same vectors as the Keras model for float32."""
+    from tf_models.predictor import make_runtime
+
+    paths, _ = _sample_photos(2, 3)
+    runtime = make_runtime("compiled", tiny_model)
+    size = tiny_model.input_shape[1:3]
+    np.testing.assert_allclose(embed_images(runtime, paths, size, batch_size=4),
+                               embed_images(tiny_model, paths, batch_size=4), rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="needs image_size"):
+        embed_images(runtime, paths)
+
+
 def test_build_gallery_from_table(tiny_model):
     from tf_models.data import DataReport, ImageTable
 

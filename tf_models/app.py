@@ -119,14 +119,16 @@ def gallery_folder(state_dir: str | Path, identity_run: str | Path) -> Path:
     return Path(state_dir) / "gallery" / f"{run_dir.name}-{file_sha1(run_dir / 'model.keras')[:12]}"
 
 
-def load_or_build_gallery(identity_run: str | Path, state_dir: str | Path,
-                          target_far: float = 0.01) -> tuple[IdentityGallery, dict[str, Any]]:
+def load_or_build_gallery(identity_run: str | Path, state_dir: str | Path, target_far: float = 0.01,
+                          embedder: Predictor | None = None) -> tuple[IdentityGallery, dict[str, Any]]:
     """The saved gallery of this identity model, or a new one from the run's own training faces.
 
     A new gallery enrols every person of the run's training split and calibrates the threshold on
     its validation split for ``target_far``; both are saved with ``calibration.json``. Returns
     (gallery, info for the model-info tab). When the run's data folder is gone, the gallery
-    starts empty (people are enrolled in the admin tab).
+    starts empty (people are enrolled in the admin tab). ``embedder``: the identity Predictor the app
+    recognises with, so the gallery holds embeddings from the same runtime (int8 or float32) it is
+    matched against; default: the run's Keras model.
     """
     from tf_models.training import load_table
 
@@ -144,8 +146,10 @@ def load_or_build_gallery(identity_run: str | Path, state_dir: str | Path,
         info["note"] = f"training data {run.config.data_dir} not found: empty gallery, enrol people in Admin"
     else:
         config = dataclasses.replace(run.config, data_dir=str(data_dir))
-        gallery, calibration = build_gallery_from_table(load_run_model(identity_run), load_table(config),
-                                                        target_far=target_far, batch_size=config.batch_size)
+        model = embedder.runtime if embedder is not None else load_run_model(identity_run)
+        gallery, calibration = build_gallery_from_table(
+            model, load_table(config), target_far=target_far, batch_size=config.batch_size,
+            image_size=embedder.input_size if embedder is not None else None)
         if calibration is not None:
             info["calibration"] = dataclasses.asdict(calibration)
     gallery.save(folder)
@@ -253,7 +257,7 @@ class FaceService:
         identity_dir = resolve_run("identity", identity_run, best_dir)
         gender = Predictor.from_run(gender_dir, runtime=runtime, top_k=1)
         identity = Predictor.from_run(identity_dir, runtime=runtime, top_k=1)
-        gallery, gallery_info = load_or_build_gallery(identity_dir, state_dir, target_far)
+        gallery, gallery_info = load_or_build_gallery(identity_dir, state_dir, target_far, embedder=identity)
         state = Path(state_dir)
         info = {"gender_run": str(gender_dir), "identity_run": str(identity_dir), "runtime": gender.runtime.name,
                 "gallery": gallery_info, "state_dir": str(state)}

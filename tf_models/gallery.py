@@ -22,7 +22,7 @@ import os
 import tempfile
 import threading
 import unicodedata
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -35,6 +35,8 @@ if TYPE_CHECKING:  # keras/TensorFlow load only when embeddings are computed
 
     from tf_models.data import ImageTable
 
+# A serving runtime of tf_models.predictor: float32 images N x H x W x 3 -> (probabilities, embeddings).
+Embedder = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 GALLERY_JSON = "gallery.json"  # names, threshold, counts, checksum of the npz (human-readable)
 GALLERY_NPZ = "gallery.npz"  # embeddings (float32) and the person index of each row
 GALLERY_FORMAT = 1
@@ -398,36 +400,52 @@ def calibrate_gallery(gallery: IdentityGallery, embeddings: np.ndarray, names: S
 
 # ---- embeddings from images ------------------------------------------------------------------
 
-def embed_images(model: keras.Model, paths: Sequence[str | Path], image_size: Sequence[int] | None = None,
-                 batch_size: int = 32) -> np.ndarray:
+def embed_images(model: keras.Model | Embedder, paths: Sequence[str | Path],
+                 image_size: Sequence[int] | None = None, batch_size: int = 32) -> np.ndarray:
     """L2-normalised embeddings (n, dim) float32 of image files (face crops), in order.
 
-    ``model`` is the identity classifier (or its ``with_embedding`` version); ``image_size``
-    defaults to the model's input size. Images go through the training pipeline's decoding
-    (``make_dataset(training=False)``), so they are resized exactly as in training.
+    ``model`` is the identity classifier (or its ``with_embedding`` version), or a serving runtime
+    of :mod:`tf_models.predictor` (images -> (probabilities, embeddings)): the app enrols with the
+    runtime it recognises with, so int8 and float32 embeddings are never compared. ``image_size``
+    defaults to the model's input size (required with a runtime). Images go through the training
+    pipeline's decoding (``make_dataset(training=False)``), so they are resized exactly as in training.
     """
+    import keras
     import tensorflow as tf
 
     from tf_models.classifier import with_embedding
     from tf_models.pipeline import make_dataset
 
-    embedder = with_embedding(model)
-    dim = int(embedder.output["embedding"].shape[-1])
+    if isinstance(model, keras.Model):
+        embedder = with_embedding(model)
+        dim = int(embedder.output["embedding"].shape[-1])
+        size = tuple(int(v) for v in (image_size or embedder.input_shape[1:3]))
+        compiled = tf.function(lambda images: embedder(images, training=False)["embedding"], reduce_retracing=True)
+
+        def infer(images: tf.Tensor) -> np.ndarray:
+            return compiled(images).numpy()
+    else:
+        if image_size is None:
+            raise ValueError("Embedding with a serving runtime needs image_size (the model's input size). "
+                             f"Received: model={model!r}, image_size=None")
+        dim, size = 0, tuple(int(v) for v in image_size)
+
+        def infer(images: tf.Tensor) -> np.ndarray:
+            return model(images.numpy())[1]
     if not len(paths):
         return np.zeros((0, dim), np.float32)
-    size = tuple(int(v) for v in (image_size or embedder.input_shape[1:3]))
     dataset = make_dataset(list(paths), [0] * len(paths), size, batch_size, training=False)
-    infer = tf.function(lambda images: embedder(images, training=False)["embedding"], reduce_retracing=True)
     batches = tqdm(dataset, total=-(-len(paths) // batch_size), desc="embedding faces", unit="batch",
                    disable=len(paths) < 1000, leave=False)
-    return np.concatenate([infer(images).numpy() for images, _ in batches]).astype(np.float32)
+    return np.concatenate([infer(images) for images, _ in batches]).astype(np.float32)
 
 
-def table_embeddings(model: keras.Model, table: ImageTable, splits: Iterable[str] = ("train", "val", "test"),
-                     batch_size: int = 32) -> tuple[np.ndarray, list[str], list[str]]:
+def table_embeddings(model: keras.Model | Embedder, table: ImageTable,
+                     splits: Iterable[str] = ("train", "val", "test"), batch_size: int = 32,
+                     image_size: Sequence[int] | None = None) -> tuple[np.ndarray, list[str], list[str]]:
     """Embeds the rows of ``table`` in ``splits``: (embeddings, person names, split names), row-aligned."""
     frame = table.frame[table.frame["split"].isin(list(splits))]
-    vectors = embed_images(model, frame["path"].tolist(), batch_size=batch_size)
+    vectors = embed_images(model, frame["path"].tolist(), image_size, batch_size=batch_size)
     names = [table.class_names[k] for k in frame["label"].astype(int)]
     return vectors, names, frame["split"].tolist()
 
@@ -445,16 +463,19 @@ def gallery_from_embeddings(embeddings: np.ndarray, names: Sequence[str],
     return gallery
 
 
-def build_gallery_from_table(model: keras.Model, table: ImageTable, *, split: str = "train",
+def build_gallery_from_table(model: keras.Model | Embedder, table: ImageTable, *, split: str = "train",
                              calibrate_split: str | None = "val", target_far: float = 0.01,
-                             batch_size: int = 32) -> tuple[IdentityGallery, Calibration | None]:
+                             batch_size: int = 32, image_size: Sequence[int] | None = None,
+                             ) -> tuple[IdentityGallery, Calibration | None]:
     """Enrols every person of ``table``'s ``split`` and calibrates the threshold on ``calibrate_split``.
+
+    ``model``: the identity model or a serving runtime (then ``image_size`` too), see :func:`embed_images`.
 
     Returns (gallery, calibration); calibration is None when ``calibrate_split`` is None or empty
     (the gallery then keeps the placeholder threshold).
     """
     vectors, names, splits = table_embeddings(model, table, [split] + ([calibrate_split] if calibrate_split else []),
-                                              batch_size)
+                                              batch_size, image_size)
     in_split = np.array([s == split for s in splits], dtype=bool)
     if not in_split.any():
         raise ValueError(f"The table has no images in split {split!r} to enrol. Received: split={split!r}")
