@@ -1,0 +1,47 @@
+"""The benchmark scripts run end to end on tiny settings and write what results/README.md promises.
+
+Their figures are not asserted (timings are for the scripts, not tests); the tables' structure is.
+"""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+from conftest import SHARED_DATA
+
+pytestmark = pytest.mark.slow
+
+
+def _rows(path):
+    with path.open(encoding="utf-8") as handle:
+        return list(csv.DictReader(line for line in handle if not line.startswith("#")))
+
+
+def test_bench_inference_writes_every_runtime_side_by_side(tmp_path, capsys):
+    from scripts.bench_inference import main
+
+    runtimes = ["keras-predict", "onnx", "onnx-int8"]
+    assert main(["--backbones", "alexnet_bn", "--runtimes", ",".join(runtimes), "--repeats", "2",
+                 "--batch", "2", "--batch-repeats", "1", "--out", str(tmp_path)]) == 0
+    rows = _rows(tmp_path / "bench_inference.csv")
+    assert [r["runtime"] for r in rows] == runtimes
+    assert all(float(r["p50_ms"]) > 0 and float(r["images_per_s"]) > 0 for r in rows)
+    by = {r["runtime"]: r for r in rows}
+    assert float(by["onnx-int8"]["file_mb"]) < float(by["onnx"]["file_mb"]) / 2  # int8 weights are really int8
+    markdown = (tmp_path / "bench_inference.md").read_text(encoding="utf-8")
+    assert "Served path (the Predictor's default runtime): **onnx-int8**" in markdown and "| cpu |" in markdown
+    assert (tmp_path / "bench_inference.png").stat().st_size > 10_000
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("served path (onnx-int8)")
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "celeba" / "gender_labels.csv").is_file(), reason="needs ../shared/data")
+def test_bench_pipeline_measures_legacy_and_ours_on_the_same_images(tmp_path, capsys):
+    from scripts.bench_pipeline import main
+
+    assert main(["--n", "64", "--batch-size", "32", "--repeats", "1", "--out-dir", str(tmp_path)]) == 0
+    rows = _rows(tmp_path / "bench_pipeline.csv")
+    variants = [r["variant"] for r in rows]
+    assert variants[0] == "legacy" and "ours" in variants
+    assert all(float(r["img_per_s"]) > 0 for r in rows)
+    assert "vs legacy ImageDataGenerator" in capsys.readouterr().out.strip().splitlines()[-1]
