@@ -27,22 +27,22 @@ import statistics
 import sys
 import time
 import warnings
+from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterable
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from tqdm import tqdm  # noqa: E402
+import pandas as pd
+import tensorflow as tf
+from tqdm import tqdm
 
-from tf_models.augment import REFERENCE_GENERATOR_ARGS, AugmentConfig, RescaleIgnoredWarning, build_augmenter  # noqa: E402
-from tf_models.benchmarking import display_path, machine_info  # noqa: E402
+from tf_models.augment import REFERENCE_GENERATOR_ARGS, AugmentConfig, RescaleIgnoredWarning, build_augmenter
+from tf_models.benchmarking import display_path, machine_info
+from tf_models.pipeline import make_dataset
 
 DEFAULT_DATA_DIR = REPO_ROOT.parent / "shared" / "data" / "celeba"
 IMAGE_SIZE = (218, 178)  # (height, width): CelebA's aligned crops, no resizing needed
@@ -95,7 +95,7 @@ def timed_pass(label: str, make_pass: Callable[[], Iterable], n: int) -> tuple[f
     start, cpu_start = time.perf_counter(), cpu_seconds()
     with tqdm(total=n, desc=label, unit="img", leave=False, file=sys.stderr) as bar:
         for batch in make_pass():
-            size = int(len(batch))
+            size = len(batch)
             seen += size
             bar.update(size)
     elapsed, cpu_used = time.perf_counter() - start, cpu_seconds() - cpu_start
@@ -124,7 +124,7 @@ def legacy_variant(frame: pd.DataFrame, data_dir: Path, x_col: str, batch_size: 
     """ImageDataGenerator.flow_from_dataframe exactly as the reference notebooks used it."""
     from tf_keras.preprocessing.image import ImageDataGenerator
 
-    frame = frame.assign(**{"label_str": frame["label"].astype(str)})  # class_mode='binary' wants strings
+    frame = frame.assign(label_str=frame["label"].astype(str))  # class_mode='binary' wants strings
     generator = ImageDataGenerator(**REFERENCE_GENERATOR_ARGS)
     iterator = generator.flow_from_dataframe(
         frame,
@@ -146,68 +146,6 @@ def legacy_variant(frame: pd.DataFrame, data_dir: Path, x_col: str, batch_size: 
         iterator.on_epoch_end()
 
     return one_pass
-
-
-def fallback_make_dataset(
-    paths, labels, image_size, batch_size, *, training, augment=None, seed=0, cache=False
-):
-    """Stand-in for tf_models.pipeline.make_dataset when it is missing or broken (same chain)."""
-    autotune = tf.data.AUTOTUNE
-
-    def decode(path):
-        image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
-        image.set_shape([None, None, 3])
-        # An antialiased resize to the size the image already has still runs and costs ~2x the decode.
-        same = tf.reduce_all(tf.shape(image)[:2] == tf.constant(image_size))
-        image = tf.cond(
-            same,
-            lambda: tf.cast(image, tf.float32),
-            lambda: tf.image.resize(image, image_size, method="bilinear", antialias=True),
-        )
-        image.set_shape([*image_size, 3])
-        return image
-
-    dataset = tf.data.Dataset.from_tensor_slices((list(map(str, paths)), np.asarray(labels, "int32")))
-    dataset = dataset.map(lambda p, y: (decode(p), y), num_parallel_calls=autotune)
-    if cache:
-        dataset = dataset.cache()
-    if training:
-        dataset = dataset.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
-    dataset = dataset.batch(batch_size, num_parallel_calls=autotune)
-    if training and augment is not None and not augment.is_identity:
-        augmenter = build_augmenter(augment)
-        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
-        dataset = tf.data.Dataset.zip((dataset, seeds)).map(
-            lambda batch, pair: (augmenter(batch[0], pair), batch[1]), num_parallel_calls=autotune
-        )
-    return dataset.prefetch(autotune)
-
-
-def resolve_make_dataset(frame: pd.DataFrame):
-    """tf_models.pipeline.make_dataset if it imports and yields a correct batch, else the fallback."""
-    try:
-        from tf_models.pipeline import make_dataset
-
-        probe = make_dataset(
-            frame["path"][:2].tolist(),
-            frame["label"][:2].tolist(),
-            IMAGE_SIZE,
-            2,
-            training=True,
-            augment=AugmentConfig(horizontal_flip=True),
-            seed=0,
-        )
-        images, _ = next(iter(probe))
-        if tuple(images.shape) != (2, *IMAGE_SIZE, 3) or images.dtype != tf.float32:
-            raise RuntimeError(f"unexpected batch {images.shape} {images.dtype}")
-        return make_dataset, "tf_models.pipeline.make_dataset"
-    except Exception as error:  # noqa: BLE001 - any failure means: measure the equivalent chain instead
-        print(
-            f"NOTE: tf_models.pipeline.make_dataset unusable ({type(error).__name__}: {error}); "
-            "using the equivalent chain in this script.",
-            file=sys.stderr,
-        )
-        return fallback_make_dataset, "fallback chain in scripts/bench_pipeline.py"
 
 
 def dataset_pass(dataset: tf.data.Dataset) -> Callable[[], Iterable]:
@@ -243,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         )  # by design: rescale is pasted in, never applied
         config = AugmentConfig.from_dict(REFERENCE_GENERATOR_ARGS)
     nearest = AugmentConfig.from_dict({**REFERENCE_GENERATOR_ARGS, "rescale": None, "interpolation_order": 0})
-    make_dataset, source = resolve_make_dataset(frame)
+    source = "tf_models.pipeline.make_dataset"
 
     def pipeline(augment: AugmentConfig | None, training: bool = True, cache: bool = False):
         kwargs = {"cache": True} if cache else {}
@@ -267,13 +205,12 @@ def main(argv: list[str] | None = None) -> int:
         ),
         (
             "ours_cached",
-            f"{source}, fused augmentation (bilinear), decoded images cached in memory",
+            f"{source}, fused augmentation (bilinear), decoded images cached in memory (what every epoch after the first costs in training)",
             lambda: pipeline(config, cache=True),
         ),
         (
             "ours_cached_nearest",
-            (f"{source}, fused augmentation, interpolation_order=0 (nearest), decoded images cached in "
-             "memory (what every epoch after the first costs in training)"),
+            f"{source}, fused augmentation, interpolation_order=0 (nearest), decoded images cached in memory",
             lambda: pipeline(nearest, cache=True),
         ),
         (

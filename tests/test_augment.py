@@ -15,6 +15,7 @@ from tf_models.augment import (
     REFERENCE_GENERATOR_ARGS,
     RescaleIgnoredWarning,
     apply_affine,
+    bilinear_warp,
     build_augmenter,
 )
 
@@ -60,7 +61,13 @@ def _projective_ops(config: AugmentConfig) -> int:
     graph = fn.get_concrete_function(
         tf.TensorSpec([None, 24, 20, 3], tf.float32), tf.TensorSpec([2], tf.int64)
     ).graph
-    return sum(op.type == "ImageProjectiveTransformV3" for op in graph.get_operations())
+
+    def resamples(op: tf.Operation) -> bool:  # the kernel, or a call of the XLA bilinear sampler
+        if op.type == "ImageProjectiveTransformV3":
+            return True
+        return op.type in ("PartitionedCall", "StatefulPartitionedCall") and "bilinear_warp" in op.get_attr("f").name
+
+    return sum(resamples(op) for op in graph.get_operations())
 
 
 # ----------------------------------------------------------------------------- legacy knobs
@@ -278,6 +285,58 @@ def test_nearest_interpolation_matches_the_kernel_on_the_image_bit_for_bit():
         ).numpy()
         np.testing.assert_array_equal(ours, reference, err_msg=fill_mode)
     assert np.any(ours != images.numpy())
+
+
+def _bilinear_kernel(images, transforms, fill_mode: str, cval: float) -> np.ndarray:
+    return tf.raw_ops.ImageProjectiveTransformV3(
+        images=tf.cast(images, tf.float32), transforms=transforms, output_shape=tf.shape(images)[1:3],
+        fill_value=tf.constant(float(cval)), interpolation="BILINEAR", fill_mode=fill_mode.upper()).numpy()
+
+
+def _wild_transforms(count: int, height: int, width: int, seed: int) -> tf.Tensor:
+    """Any 2x2 part in +-3 (zoom far in/out, any rotation, shear, flips), offsets up to 4 image sizes
+    out: several reflect / wrap periods away, every border case of the fill modes."""
+    rng = np.random.default_rng(seed)
+    linear = rng.uniform(-3, 3, (count, 2, 2))
+    offset = rng.uniform(-4 * max(height, width), 4 * max(height, width), (count, 2))
+    rows = [linear[:, 0], offset[:, :1], linear[:, 1], offset[:, 1:], np.zeros((count, 2))]
+    return tf.constant(np.concatenate(rows, axis=1), tf.float32)
+
+
+@pytest.mark.parametrize("fill_mode", ["nearest", "constant", "reflect", "wrap"])
+def test_bilinear_warp_equals_the_tensorflow_kernel(fill_mode):
+    # The XLA sampler replaces ImageProjectiveTransformV3 BILINEAR for speed; it must give its output
+    # (to float32 rounding) for realistic and wild matrices, odd and tiny sizes, uint8 and float input.
+    cases = [(tf.constant(_smooth(23, 19, batch=6)), _wild_transforms(6, 23, 19, 1))]
+    for height, width in ((1, 1), (1, 5), (2, 2), (5, 7), (16, 3)):
+        images = tf.random.stateless_uniform([4, height, width, 3], [height, width], 0, 255)
+        cases.append((images, _wild_transforms(4, height, width, height * 100 + width)))
+    angles = np.radians([15.0, -15.0, 3.0])  # the pipeline's own kind of matrix, on uint8 pixels
+    mild = np.stack([[np.cos(a) * 1.1, -np.sin(a), 2.5, np.sin(a), np.cos(a) * 0.9, -1.7, 0, 0] for a in angles])
+    cases.append((tf.cast(_smooth(23, 19, batch=3), tf.uint8), tf.constant(mild, tf.float32)))
+    for cval in (0.0, 77.0) if fill_mode == "constant" else (0.0,):
+        for images, transforms in cases:
+            ours = bilinear_warp(images, transforms, fill_mode, cval).numpy()
+            reference = _bilinear_kernel(images, transforms, fill_mode, cval)
+            assert ours.dtype == np.float32 and ours.shape == reference.shape
+            np.testing.assert_allclose(ours, reference, atol=0.05, err_msg=f"{fill_mode} {images.shape} {cval}")
+
+
+def test_bilinear_warp_rejects_unknown_shapes_and_fill_modes():
+    with pytest.raises(ValueError, match="fill_mode='mirror'"):
+        bilinear_warp(tf.zeros([1, 4, 4, 3]), tf.zeros([1, 8]), "mirror")
+    graph = tf.function(lambda images: bilinear_warp(images, tf.zeros([1, 8])),
+                        input_signature=[tf.TensorSpec([None, None, None, 3])])
+    with pytest.raises(ValueError, match="needs static H, W, C"):
+        graph.get_concrete_function()
+
+
+def test_augmenter_falls_back_to_the_kernel_when_sizes_are_dynamic():
+    config = AugmentConfig(rotation_range=20, zoom_range=0.2)
+    augment = build_augmenter(config)
+    images = _smooth(21, 17, batch=3)
+    dynamic = tf.function(augment, input_signature=[tf.TensorSpec([None, None, None, 3]), tf.TensorSpec([2], tf.int64)])
+    np.testing.assert_allclose(dynamic(images, SEED).numpy(), augment(tf.constant(images), SEED).numpy(), atol=0.05)
 
 
 # ----------------------------------------------------------------------------- extras

@@ -6,9 +6,11 @@ with the same meaning (so an old notebook's settings paste in through
 :func:`build_augmenter` turns it into a pure-TensorFlow function on batches:
 
 - **Fused geometry.** Rotation, shifts, shear, zoom, flips and random resized crop are composed into
-  one 3x3 matrix per image and applied with a single ``ImageProjectiveTransformV3`` call for the
-  whole batch: each image is interpolated once (chaining Keras's Random* layers interpolates once
-  per layer and blurs), and no Python runs per image (legacy looped over images and channels).
+  one 3x3 matrix per image and applied in a single resampling of the whole batch: each image is
+  interpolated once (chaining Keras's Random* layers interpolates once per layer and blurs), and no
+  Python runs per image (legacy looped over images and channels). Bilinear resampling is an
+  XLA-compiled gather sampler (:func:`bilinear_warp`): ~0.35 CPU-ms per 218x178 image on a 2-core
+  CPU, 4x less than TensorFlow's ``ImageProjectiveTransformV3`` kernel, with the same output.
 - **Stateless randomness.** ``augment(images, seed)`` draws everything from ``seed`` with
   ``tf.random.stateless_*``: the same seed gives the same batch, on CPU and GPU, in eager mode,
   inside ``tf.function`` and inside ``tf.data`` maps.
@@ -46,6 +48,7 @@ __all__ = [
     "PRESETS",
     "RescaleIgnoredWarning",
     "apply_affine",
+    "bilinear_warp",
     "build_augmenter",
 ]
 
@@ -464,6 +467,84 @@ def _flip_matrices(flip_h, flip_v, height, width, batch) -> tf.Tensor:
     return _matrices([[sx, 0.0, ox], [0.0, sy, oy], [0.0, 0.0, 1.0]], batch)
 
 
+def _map_coordinate(coordinate: tf.Tensor, size: int, fill_mode: str) -> tf.Tensor:
+    """Source coordinate along one axis -> inside [0, size - 1]: TensorFlow's ``MapCoordinate``
+    (``kernels/image/image_ops.h``) as elementwise ops, so the sampler fills borders exactly like
+    ``ImageProjectiveTransformV3``. ``constant`` instead clamps to [-1, size]: one pixel into the
+    ``cval`` ring :func:`bilinear_warp` pads, enough for every neighbour outside to read ``cval``."""
+    n = float(size)
+    if fill_mode == "nearest":
+        return tf.clip_by_value(coordinate, 0.0, n - 1.0)
+    if fill_mode == "constant":
+        return tf.clip_by_value(coordinate, -1.0, n)
+    if size == 1:
+        return tf.zeros_like(coordinate)
+    if fill_mode == "reflect":  # [abcd] -> [dcba|abcd|dcba]
+        period = 2.0 * n
+        below = period * tf.math.floor(-coordinate / period) + coordinate
+        below = tf.where(below < -n, below + period, -below - 1.0)
+        above = coordinate - period * tf.math.floor(coordinate / period)
+        above = tf.where(above >= n, period - above - 1.0, above)
+    else:  # wrap, with the kernel's own division by size - 1
+        below = coordinate + n * (tf.math.floor(-coordinate / (n - 1.0)) + 1.0)
+        above = coordinate - n * tf.math.floor(coordinate / (n - 1.0))
+    mapped = tf.where(coordinate < 0.0, below, tf.where(coordinate > n - 1.0, above, coordinate))
+    return tf.clip_by_value(mapped, 0.0, n - 1.0)
+
+
+def _bilinear_warp(images: tf.Tensor, transforms: tf.Tensor, fill_mode: str, cval: float) -> tf.Tensor:
+    _, height, width, channels = images.shape
+    batch = tf.shape(images)[0]
+    if fill_mode == "constant":  # a one-pixel cval ring: neighbours outside the image read cval
+        images = tf.pad(images, [[0, 0], [1, 1], [1, 1], [0, 0]], constant_values=tf.cast(cval, images.dtype))
+        offset, source_h, source_w = 1.0, height + 2, width + 2
+    else:
+        offset, source_h, source_w = 0.0, height, width
+    t = tf.cast(transforms, tf.float32)[:, :, None, None]
+    xs = tf.range(width, dtype=tf.float32)[None, None, :]
+    ys = tf.range(height, dtype=tf.float32)[None, :, None]
+    x = _map_coordinate(t[:, 0] * xs + t[:, 1] * ys + t[:, 2], width, fill_mode) + offset
+    y = _map_coordinate(t[:, 3] * xs + t[:, 4] * ys + t[:, 5], height, fill_mode) + offset
+    # Keep the right / lower neighbour inside: on the last column (row) its weight is 1 anyway.
+    x0 = tf.minimum(tf.math.floor(x), float(max(source_w - 2, 0)))
+    y0 = tf.minimum(tf.math.floor(y), float(max(source_h - 2, 0)))
+    fx = tf.reshape(x - x0, [batch, height * width, 1])
+    fy = tf.reshape(y - y0, [batch, height * width, 1])
+    index = tf.reshape(tf.cast(y0, tf.int32) * source_w + tf.cast(x0, tf.int32), [batch, height * width])
+    flat = tf.reshape(images, [batch, source_h * source_w, channels])
+    step_x = 1 if source_w > 1 else 0
+    step_y = source_w if source_h > 1 else 0
+
+    def pixels(at: tf.Tensor) -> tf.Tensor:  # whole pixels (all channels) per gathered index
+        return tf.cast(tf.gather(flat, at, batch_dims=1), tf.float32)
+
+    top_left, top_right = pixels(index), pixels(index + step_x)
+    bottom_left, bottom_right = pixels(index + step_y), pixels(index + step_y + step_x)
+    top = top_left + fx * (top_right - top_left)
+    bottom = bottom_left + fx * (bottom_right - bottom_left)
+    return tf.reshape(top + fy * (bottom - top), [batch, height, width, channels])
+
+
+# XLA fuses the coordinate arithmetic, the four gathers and the blend into a few loops; run op by op
+# the same code costs more than the kernel it replaces, as every step writes a full-size tensor.
+_bilinear_warp_xla = tf.function(_bilinear_warp, jit_compile=True)
+
+
+def bilinear_warp(images: tf.Tensor, transforms: tf.Tensor, fill_mode: str = "nearest", cval: float = 0.0) -> tf.Tensor:
+    """Bilinear affine resampling of a batch, equal to ``ImageProjectiveTransformV3(interpolation="BILINEAR")``.
+
+    ``images``: [B, H, W, C] uint8 or float with static H, W, C; ``transforms``: [B, 8] output->input
+    rows ``a0 a1 a2 b0 b1 b2 c0 c1`` as the TensorFlow op takes them, affine (``c0 = c1 = 0``; the
+    perspective divide is not done). Returns float32. Output differs from the kernel's by float32
+    rounding (< 0.03 on 0..255, every fill mode, checked in tests). XLA compiles once per batch size.
+    """
+    if fill_mode not in FILL_MODES:
+        raise ValueError(f"Unknown fill_mode. Expected one of {tuple(FILL_MODES)}. Received: fill_mode={fill_mode!r}")
+    if not images.shape[1:].is_fully_defined():
+        raise ValueError(f"bilinear_warp needs static H, W, C. Received shape: {images.shape}")
+    return _bilinear_warp_xla(images, transforms, fill_mode, float(cval))
+
+
 def _resample(
     images: tf.Tensor, matrices: tf.Tensor, fill_mode: str, cval: float, interpolation: str
 ) -> tf.Tensor:
@@ -471,7 +552,9 @@ def _resample(
     shape = tf.shape(images)
     batch, height, width = shape[0], shape[1], shape[2]
     transforms = tf.reshape(matrices, [batch, 9])[:, :8]  # [2, 2] is 1: no perspective
-    if interpolation == "bilinear":
+    if interpolation == "bilinear" and images.shape[1:].is_fully_defined():
+        return bilinear_warp(images, transforms, fill_mode, cval)
+    if interpolation == "bilinear":  # sizes only known at run time: the kernel (XLA needs static shapes)
         return tf.raw_ops.ImageProjectiveTransformV3(
             images=images,
             transforms=transforms,

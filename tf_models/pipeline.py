@@ -8,15 +8,14 @@ every file, so decoding here cannot meet a corrupt one; it knows nothing about m
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import tensorflow as tf
 
 from tf_models.augment import AugmentConfig, build_augmenter
-
-AUTOTUNE = tf.data.AUTOTUNE
 
 
 def resize_images(images: tf.Tensor, image_size: tuple[int, int]) -> tf.Tensor:
@@ -24,13 +23,15 @@ def resize_images(images: tf.Tensor, image_size: tuple[int, int]) -> tf.Tensor:
 
     Training (below) and serving (:mod:`tf_models.predictor`) both call it, so a face reaches the
     model exactly as in training. antialias: downscaling large photos without it aliases badly.
+    Values are rounded to whole 8-bit levels, like the pixels of any image file: the training
+    pipeline then carries (and caches) uint8, a quarter of float32's memory traffic and RAM.
     """
     resized = tf.image.resize(images, tf.constant(image_size, dtype=tf.int32), method="bilinear", antialias=True)
-    return tf.clip_by_value(resized, 0.0, 255.0)
+    return tf.round(tf.clip_by_value(resized, 0.0, 255.0))
 
 
 def decode_and_resize(path: tf.Tensor, image_size: tuple[int, int]) -> tf.Tensor:
-    """Reads one JPEG/PNG/BMP/GIF/WEBP file to float32 RGB 0..255 of ``image_size`` (H, W)."""
+    """Reads one JPEG/PNG/BMP/GIF/WEBP file to uint8 RGB of ``image_size`` (H, W)."""
     data = tf.io.read_file(path)
     image = tf.io.decode_image(data, channels=3, expand_animations=False, dtype=tf.uint8)
     image.set_shape([None, None, 3])
@@ -39,7 +40,7 @@ def decode_and_resize(path: tf.Tensor, image_size: tuple[int, int]) -> tf.Tensor
     # Files already at the model's size (CelebA at 218x178, cached face crops) skip the resize:
     # it is the most expensive step of the pipeline and would be a no-op.
     same_size = tf.reduce_all(tf.equal(tf.shape(image)[:2], target))
-    image = tf.cond(same_size, lambda: tf.cast(image, tf.float32), lambda: resize_images(image, image_size))
+    image = tf.cond(same_size, lambda: image, lambda: tf.cast(resize_images(image, image_size), tf.uint8))
     image.set_shape([image_size[0], image_size[1], 3])
     return image
 
@@ -69,7 +70,8 @@ def make_dataset(
         seed: drives the shuffle order and the augmentation draws.
         cache: False, True (in memory) or a file path prefix (on disk). Caching happens after resize and
             before augmentation, so every epoch sees fresh augmentations of cached pixels.
-        shuffle_buffer: default: the whole dataset (exact shuffle; the decoded cache comes first).
+        shuffle_buffer: default: the whole dataset (an exact shuffle). Without a cache the file
+            names are shuffled before decoding; with one, the decoded images coming out of it.
         drop_remainder: drop a last partial batch (needed by some distribution strategies).
     """
     if len(paths) != len(labels):
@@ -80,25 +82,50 @@ def make_dataset(
     dataset = tf.data.Dataset.from_tensor_slices(
         (np.asarray([str(p) for p in paths]), np.asarray(labels, dtype="int32"))
     )
+    buffer = shuffle_buffer or len(paths)
+    if training and not cache:
+        # Shuffle file names, not pixels: an exact shuffle for a few bytes per image, and decoding
+        # streams into batches at once (a shuffle buffer of decoded images would hold the whole
+        # dataset in RAM and decode all of it before the first batch of every epoch).
+        dataset = dataset.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
+    # Images stay uint8 up to the batch (and in the cache): a quarter of float32's bytes to move.
+    # Parallelism is fixed (see _parallel_calls), not AUTOTUNE: with these large elements the
+    # autotuner was measured settling on about one core of two (decode 3,300 img/s, not 6,000+).
     dataset = dataset.map(
         lambda path, label: (decode_and_resize(path, image_size), label),
-        num_parallel_calls=AUTOTUNE,
+        num_parallel_calls=_parallel_calls(),
         deterministic=True,
     )
     if cache:
         dataset = dataset.cache("" if cache is True else str(cache))
-    if training:
-        buffer = shuffle_buffer or len(paths)
-        dataset = dataset.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
-    dataset = dataset.batch(batch_size, drop_remainder=drop_remainder, num_parallel_calls=AUTOTUNE)
+        if training:  # the cache replays one order: shuffle what comes out of it
+            dataset = dataset.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
+    dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
     if training and augment is not None and not augment.is_identity:
         augmenter = build_augmenter(augment)
         # One stateless seed pair per batch, drawn afresh each epoch, so augmentation is
         # reproducible for a given seed yet differs between epochs.
         seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
         dataset = tf.data.Dataset.zip((dataset, seeds)).map(
-            lambda batch, pair: (augmenter(batch[0], pair), batch[1]),
-            num_parallel_calls=AUTOTUNE,
+            lambda batch, pair: (augmenter(batch[0], pair), batch[1]),  # float32 out
+            num_parallel_calls=_parallel_calls(),
             deterministic=True,
         )
-    return dataset.prefetch(AUTOTUNE)
+    else:
+        dataset = dataset.map(lambda images, labels: (tf.cast(images, tf.float32), labels),
+                              num_parallel_calls=_parallel_calls(), deterministic=True)
+    # Every stage is sized above, so the autotuner has nothing to tune; left on, it was measured
+    # throttling a third of the passes to ~1,540 img/s (vs ~2,500) with the same work per image.
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return dataset.prefetch(2).with_options(options)
+
+
+def _parallel_calls() -> int:
+    """Elements in flight per map: twice the cores this process may use.
+
+    One per core leaves cores idle while a call waits (measured on 2 cores, reference augmentation
+    at 218x178: 1,530 img/s with 2 in flight, 2,450 with 4, no gain beyond).
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return 2 * max(1, cores)
