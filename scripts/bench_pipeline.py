@@ -156,9 +156,17 @@ def dataset_pass(dataset: tf.data.Dataset) -> Callable[[], Iterable]:
     return one_pass
 
 
-def augment_only_pass(config: AugmentConfig, n: int, batch_size: int) -> Callable[[], Iterable]:
-    """Augmentation alone on an in-memory batch: the ceiling the pipeline could reach if decode were free."""
-    augment = tf.function(build_augmenter(config))
+def augment_only_pass(config: AugmentConfig, n: int, batch_size: int, *, kernel: bool = False
+                      ) -> Callable[[], Iterable]:
+    """Augmentation alone on an in-memory batch: the ceiling the pipeline could reach if decode were free.
+
+    ``kernel=True`` traces the augmenter for images of unknown height and width, the case where it
+    resamples with TensorFlow's ``ImageProjectiveTransformV3`` instead of the XLA sampler (which
+    needs static sizes): the same augmentation through the kernel, for comparison.
+    """
+    size = [None, None] if kernel else list(IMAGE_SIZE)
+    augment = tf.function(build_augmenter(config),
+                          input_signature=[tf.TensorSpec([None, *size, 3]), tf.TensorSpec([2], tf.int64)])
     batch = tf.random.stateless_uniform([batch_size, *IMAGE_SIZE, 3], seed=[0, 0], maxval=255.0)
     sizes = [batch_size] * (n // batch_size) + ([n % batch_size] if n % batch_size else [])
 
@@ -222,6 +230,11 @@ def main(argv: list[str] | None = None) -> int:
             "augment_only",
             "build_augmenter on an in-memory batch (bilinear), no I/O",
             lambda: augment_only_pass(config, n, batch_size),
+        ),
+        (
+            "augment_only_kernel",
+            "the same, resampled by TensorFlow's ImageProjectiveTransformV3 kernel instead of the XLA sampler",
+            lambda: augment_only_pass(config, n, batch_size, kernel=True),
         ),
     ]
     passes = {key: factory() for key, _, factory in variants}

@@ -140,3 +140,26 @@ def test_export_script_writes_a_servable_folder(gender_run, tmp_path, capsys):
     assert "savedmodel" in capsys.readouterr().out
     predictor = Predictor.from_export(tmp_path / "sm")
     assert predictor.class_names == ["Female", "Male"] and predictor.crop is None
+
+
+def test_read_only_run_folder_converts_into_a_temporary_folder(gender_run, tmp_path, monkeypatch):
+    """Shared results can be read-only: the conversion goes elsewhere and the run still serves."""
+    import shutil
+
+    import tf_models.predictor as predictor_module
+
+    run = tmp_path / "shared_run"
+    shutil.copytree(gender_run, run, ignore=shutil.ignore_patterns("exports"))
+    real_export = predictor_module.export_keras
+
+    def export_outside_run_only(model, fmt, path, **kwargs):
+        if Path(path).is_relative_to(run):  # what writing into a read-only folder raises
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_export(model, fmt, path, **kwargs)
+
+    monkeypatch.setattr(predictor_module, "export_keras", export_outside_run_only)
+    predictor = Predictor.from_run(run, runtime="onnx")
+    assert predictor.runtime.name == "onnx"
+    assert not (run / "exports" / "onnx-serving" / "model.onnx").exists()
+    images = np.random.default_rng(0).uniform(0, 255, (2, 72, 72, 3)).astype(np.float32)
+    assert predictor.predict_crops(images)[0].shape == (2, 2)

@@ -9,8 +9,10 @@ with the same meaning (so an old notebook's settings paste in through
   one 3x3 matrix per image and applied in a single resampling of the whole batch: each image is
   interpolated once (chaining Keras's Random* layers interpolates once per layer and blurs), and no
   Python runs per image (legacy looped over images and channels). Bilinear resampling is an
-  XLA-compiled gather sampler (:func:`bilinear_warp`): ~0.35 CPU-ms per 218x178 image on a 2-core
-  CPU, 4x less than TensorFlow's ``ImageProjectiveTransformV3`` kernel, with the same output.
+  XLA-compiled gather sampler (:func:`bilinear_warp`) with the output of TensorFlow's
+  ``ImageProjectiveTransformV3`` kernel at a fraction of its CPU time (the ``augment_only`` and
+  ``augment_only_kernel`` rows of ``scripts/bench_pipeline.py``); the kernel remains for images
+  whose size is only known at run time.
 - **Stateless randomness.** ``augment(images, seed)`` draws everything from ``seed`` with
   ``tf.random.stateless_*``: the same seed gives the same batch, on CPU and GPU, in eager mode,
   inside ``tf.function`` and inside ``tf.data`` maps.

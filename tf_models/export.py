@@ -162,9 +162,11 @@ def export_keras(
                 serving.export(str(path), format="onnx", input_signature=signature, verbose=False)
             else:
                 float_path = path.with_name(path.stem + ".float32.onnx")
-                serving.export(str(float_path), format="onnx", input_signature=signature, verbose=False)
-                quantize_onnx_int8(float_path, path, _checked_representative(representative))
-                float_path.unlink()
+                try:
+                    serving.export(str(float_path), format="onnx", input_signature=signature, verbose=False)
+                    quantize_onnx_int8(float_path, path, _checked_representative(representative))
+                finally:
+                    float_path.unlink(missing_ok=True)
         else:
             serving.export(str(path), format="litert", input_signature=signature, verbose=False,
                            **_tflite_options(quantize, representative))
@@ -203,7 +205,8 @@ def quantize_onnx_int8(source: str | Path, target: str | Path, representative: n
 
     QDQ format, per-channel weights, activation ranges from ``representative`` (MinMax). uint8
     activations with int8 weights is the pairing ONNX Runtime's x86 integer kernels (VNNI / AMX)
-    run fastest; int8 activations fall back to slower paths (measured: ResNet50 11 ms vs 29 ms).
+    are built for; int8 activations fall back to slower paths (for ResNet50 they were no faster
+    than float32 when this was chosen).
     """
     _require("onnxruntime", "ONNX int8 quantisation")
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static

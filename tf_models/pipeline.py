@@ -90,7 +90,8 @@ def make_dataset(
         dataset = dataset.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
     # Images stay uint8 up to the batch (and in the cache): a quarter of float32's bytes to move.
     # Parallelism is fixed (see _parallel_calls), not AUTOTUNE: with these large elements the
-    # autotuner was measured settling on about one core of two (decode 3,300 img/s, not 6,000+).
+    # autotuner settled on about one core of two (the decode_only row of scripts/bench_pipeline.py
+    # doubled when this changed).
     dataset = dataset.map(
         lambda path, label: (decode_and_resize(path, image_size), label),
         num_parallel_calls=_parallel_calls(),
@@ -114,8 +115,8 @@ def make_dataset(
     else:
         dataset = dataset.map(lambda images, labels: (tf.cast(images, tf.float32), labels),
                               num_parallel_calls=_parallel_calls(), deterministic=True)
-    # Every stage is sized above, so the autotuner has nothing to tune; left on, it was measured
-    # throttling a third of the passes to ~1,540 img/s (vs ~2,500) with the same work per image.
+    # Every stage is sized above, so the autotuner has nothing to tune; left on, it throttled some
+    # whole passes to about 60% of the others' speed with the same CPU work per image.
     options = tf.data.Options()
     options.autotune.enabled = False
     return dataset.prefetch(2).with_options(options)
@@ -124,8 +125,8 @@ def make_dataset(
 def _parallel_calls() -> int:
     """Elements in flight per map: twice the cores this process may use.
 
-    One per core leaves cores idle while a call waits (measured on 2 cores, reference augmentation
-    at 218x178: 1,530 img/s with 2 in flight, 2,450 with 4, no gain beyond).
+    One per core left cores idle while a call waited (2 cores, the reference augmentation at
+    218x178: about 1.6x the images/s with 4 in flight than with 2; no gain beyond).
     """
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return 2 * max(1, cores)

@@ -9,9 +9,9 @@ Runtimes (all serve the same two outputs):
 
 - ``onnx-int8``: ONNX Runtime on an int8 ONNX export (weights and activations; activation ranges
   calibrated on framed faces of the run's own data), made once and cached in ``RUN_DIR/exports``.
-  The default where onnxruntime and tf2onnx are installed: 2-4x faster than float32 ONNX on CPUs
-  with integer units (VNNI / AMX), 5-10x faster than ``model.predict``
-  (``results/inference/bench_inference.md``). It is served only when it agrees with the float32
+  The default where onnxruntime and tf2onnx are installed: on CPUs with integer units (VNNI / AMX)
+  the fastest runtime for all but MobileNetV2 (where LiteRT leads), 1.7-3.2x faster than float32 ONNX
+  on the large backbones and 5-13x faster than ``model.predict`` (``results/inference/bench_inference.md``). It is served only when it agrees with the float32
   model on at least :data:`INT8_MIN_AGREEMENT` of held-out faces (top-1; measured when it is made
   and written to ``parity.json``); otherwise the Predictor warns and serves float32 ``onnx``.
 - ``onnx``: ONNX Runtime on a float32 ONNX export (outputs equal Keras's to ~1e-5).
@@ -521,31 +521,20 @@ def _cached_export_runtime(run: RunFiles, runtime: str, model: keras.Model) -> R
 
     ``onnx-int8`` is calibrated on framed faces of the run's data and served only when it passes
     the parity check (:data:`INT8_MIN_AGREEMENT`); otherwise float32 ``onnx`` is served, with a warning.
+    A read-only run folder (shared results) converts into a temporary folder instead.
     """
     fmt, quantize = EXPORTED_RUNTIMES[runtime]
     sha1 = file_sha1(run.model_path)
     folder = run.run_dir / "exports" / f"{runtime}-serving"
     path, stamp, parity_path = folder / MODEL_FILES[fmt], folder / "source_model.sha1", folder / PARITY_FILE
     fresh = path.is_file() and stamp.is_file() and stamp.read_text().strip() == sha1
-    if fresh and quantize and not parity_path.is_file():
-        fresh = False  # made by an older version, before parity was recorded
-    if not fresh:
+    if not fresh or (quantize and not parity_path.is_file()):  # stale, or made before parity was recorded
         try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except PermissionError:  # a read-only run folder (shared results): convert into a temporary one
+            _write_serving_files(run, runtime, model, folder, sha1)
+        except PermissionError:
             folder = Path(tempfile.mkdtemp(prefix="tf_models_export_"))
-            path, stamp, parity_path = folder / path.name, folder / stamp.name, folder / parity_path.name
-        if quantize:
-            print(f"Making the {runtime} model of {run.run_dir} (once): calibrating on its faces...", flush=True)
-            input_size = tuple(int(v) for v in model.input_shape[1:3])
-            calibration, held_out = int8_inputs(run, input_size)
-            export_keras(model, fmt, path, quantize=quantize, representative=calibration)
-            parity = measure_parity(model, _file_runtime(runtime, path), held_out)
-            parity_path.write_text(json.dumps({**parity, "calibration_images": len(calibration),
-                                               "min_agreement": INT8_MIN_AGREEMENT}, indent=1), encoding="utf-8")
-        else:
-            export_keras(model, fmt, path)
-        stamp.write_text(sha1)
+            _write_serving_files(run, runtime, model, folder, sha1)
+        path, parity_path = folder / path.name, folder / PARITY_FILE
     if quantize:
         parity = json.loads(parity_path.read_text(encoding="utf-8"))
         if parity["top1_agreement"] < INT8_MIN_AGREEMENT:
@@ -556,6 +545,24 @@ def _cached_export_runtime(run: RunFiles, runtime: str, model: keras.Model) -> R
                 stacklevel=3)
             return _cached_export_runtime(run, "onnx", model)
     return _file_runtime(runtime, path)
+
+
+def _write_serving_files(run: RunFiles, runtime: str, model: keras.Model, folder: Path, sha1: str) -> None:
+    """The model file (int8: calibrated, plus ``parity.json``), then the stamp naming its ``model.keras``."""
+    fmt, quantize = EXPORTED_RUNTIMES[runtime]
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / MODEL_FILES[fmt]
+    if quantize:
+        print(f"Making the {runtime} model of {run.run_dir} (once): calibrating on its faces...", flush=True)
+        calibration, held_out = int8_inputs(run, tuple(int(v) for v in model.input_shape[1:3]))
+        export_keras(model, fmt, path, quantize=quantize, representative=calibration)
+        parity = measure_parity(model, _file_runtime(runtime, path), held_out)
+        (folder / PARITY_FILE).write_text(json.dumps({**parity, "calibration_images": len(calibration),
+                                                      "min_agreement": INT8_MIN_AGREEMENT}, indent=1),
+                                          encoding="utf-8")
+    else:
+        export_keras(model, fmt, path)
+    (folder / "source_model.sha1").write_text(sha1)
 
 
 CSV_COLUMNS = ("file", "face", "x", "y", "w", "h", "label", "confidence", "top_k", "detection_confidence", "error")
