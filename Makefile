@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export KERAS_BACKEND ?= tensorflow
 
-.PHONY: setup demo test clean browser
+.PHONY: setup demo test clean test-tools
 
 setup: $(STAMP)
 
@@ -31,16 +31,27 @@ demo: setup
 		--backbones alexnet_bn mobilenetv2 --epochs 25 --batch-size 16 --patience 8 \
 		--val-fraction 0.17 --test-fraction 0.17 $(DEMO_COMMON)
 
-# tests/test_app.py loads the app in headless Chromium (Debian's package); installed once, sudo only if not root.
-browser:
-	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
+# System tools the tests use, from Debian's packages (installed once; sudo only when not root):
+# headless Chromium (tests/test_app.py loads the app in it) and qemu-user (tests/test_int8_isa.py and
+# tests/test_export.py run ONNX Runtime on an emulated AVX2-only CPU, whatever CPU runs the suite).
+test-tools:
+	@missing=""; \
+	command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || missing="$$missing chromium"; \
+	command -v qemu-x86_64 >/dev/null 2>&1 || [ "$$(uname -m)" != x86_64 ] || missing="$$missing qemu-user"; \
+	if [ -n "$$missing" ]; then \
 	  if command -v apt-get >/dev/null 2>&1; then \
 	    SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	    $$SUDO apt-get update && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium; \
-	  else echo "warning: no apt-get: install Chromium yourself for tests/test_app.py's browser test"; fi; }
+	    $$SUDO apt-get update && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $$missing; \
+	  else echo "warning: no apt-get: install$$missing yourself (the tests that need them are skipped)"; fi; \
+	fi
 
-test: setup browser
+# The whole suite on this CPU, then the tests whose results depend on the instruction set once more
+# with TensorFlow's oneDNN and XLA capped at AVX2 (what an AVX2-only machine computes).
+AVX2_CAP := ONEDNN_MAX_CPU_ISA=AVX2 XLA_FLAGS=--xla_cpu_max_isa=AVX2
+
+test: setup test-tools
 	$(PY) -m pytest
+	$(AVX2_CAP) $(PY) -m pytest -m isa_sensitive -p no:cacheprovider
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -53,7 +53,7 @@ MAX_FILE_SIZE = "25mb"  # a phone photo is under 15 MB; larger uploads are refus
 
 def build_parser() -> argparse.ArgumentParser:
     from tf_models.app import DEFAULT_BEST_DIR, DEFAULT_MAX_FACES, DEFAULT_STATE_DIR
-    from tf_models.predictor import RUNTIMES
+    from tf_models.serving import RUNTIME_CHOICES
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--gender-run", help=f"gender run folder (default: the one in {DEFAULT_BEST_DIR}/gender.json)")
@@ -64,8 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--state-dir", default=os.environ.get("TF_MODELS_STATE_DIR", DEFAULT_STATE_DIR),
                         help="gallery and attendance database (default: $TF_MODELS_STATE_DIR, else "
                              f"{DEFAULT_STATE_DIR}/; on a Space with persistent storage: /data/app_state)")
-    parser.add_argument("--runtime", choices=RUNTIMES,
-                        help="inference runtime (default: onnx-int8 where ONNX Runtime is installed, else compiled)")
+    parser.add_argument("--runtime", choices=RUNTIME_CHOICES, default="auto",
+                        help="inference runtime (default: auto, the fastest on this CPU, measured once per run "
+                             "and CPU and cached in RUN/exports/runtime_choice.json)")
     parser.add_argument("--max-faces", type=int, default=DEFAULT_MAX_FACES,
                         help=f"faces labelled per photo, largest first (default: {DEFAULT_MAX_FACES})")
     parser.add_argument("--target-far", type=float, default=0.01,

@@ -15,7 +15,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from tf_models.predictor import RUNTIMES, Predictor, default_runtime, iter_files, write_predictions_csv
+from tf_models.predictor import Predictor, iter_files, write_predictions_csv
+from tf_models.serving import RUNTIME_CHOICES
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,8 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--export", help="export folder written by scripts/export.py")
     parser.add_argument("--out", default="predictions.csv", help="output CSV (default: predictions.csv)")
     parser.add_argument("--top-k", type=int, default=3, help="classes listed per face (default: 3)")
-    parser.add_argument("--runtime", choices=RUNTIMES, default=None,
-                        help=f"--run only: inference runtime (default: {default_runtime()})")
+    parser.add_argument("--runtime", choices=RUNTIME_CHOICES, default=None,
+                        help="--run only: inference runtime (default: auto, the fastest on this CPU)")
     parser.add_argument("--whole-image-if-no-face", action="store_true",
                         help="classify the whole image when no face is found (photos that are face crops)")
     return parser

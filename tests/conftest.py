@@ -35,6 +35,31 @@ def _fresh_keras_session():
     yield
 
 
+# An AVX2-only x86-64 CPU (no AVX-512, no VNNI, no AMX), emulated by qemu-user (Debian's qemu-user,
+# installed by `make test`): what ONNX Runtime's int8 kernels compute on such a machine, whatever
+# CPU runs the suite. Haswell-v1 has the same integer units as the AVX2-only AMD EPYCs.
+EMULATED_AVX2_CPU = "Haswell-v1"
+
+
+def run_on_emulated_avx2(code: str, *args: str, timeout: float = 600) -> str:
+    """Runs ``python -c code args`` with this venv's Python on an emulated AVX2-only CPU; its stdout.
+
+    Skips where qemu-x86_64 is missing or the host is not x86-64 (ARM machines have no AVX2 to emulate).
+    """
+    import platform
+    import shutil
+    import subprocess
+    import sys
+
+    qemu = shutil.which("qemu-x86_64")
+    if platform.machine() not in ("x86_64", "AMD64") or qemu is None:
+        pytest.skip("needs qemu-x86_64 on an x86-64 host to emulate an AVX2-only CPU (apt-get install qemu-user)")
+    result = subprocess.run([qemu, "-cpu", EMULATED_AVX2_CPU, sys.executable, "-c", code, *args],
+                            capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT)
+    assert result.returncode == 0, f"emulated run failed:\n{result.stderr[-3000:]}"
+    return result.stdout
+
+
 CELEBA_SAMPLE = REPO_ROOT / "datasets" / "celeba" / "sample"
 STUDENTS_SAMPLE = REPO_ROOT / "datasets" / "students" / "sample"
 

@@ -260,6 +260,7 @@ def test_fill_modes_nearest_and_reflect_extend_the_edge():
     np.testing.assert_array_equal(wrap[0, :, :3], images[0, :, -3:])
 
 
+@pytest.mark.isa_sensitive  # XLA's CPU code generation follows the instruction set
 def test_nearest_interpolation_matches_the_kernel_on_the_image_bit_for_bit():
     # The nearest path resamples a map of pixel indices and gathers whole pixels; it must give exactly
     # what NEAREST on the 3-channel image gives, for every fill mode.
@@ -303,6 +304,7 @@ def _wild_transforms(count: int, height: int, width: int, seed: int) -> tf.Tenso
     return tf.constant(np.concatenate(rows, axis=1), tf.float32)
 
 
+@pytest.mark.isa_sensitive  # XLA's CPU code generation follows the instruction set
 @pytest.mark.parametrize("fill_mode", ["nearest", "constant", "reflect", "wrap"])
 def test_bilinear_warp_equals_the_tensorflow_kernel(fill_mode):
     # The XLA sampler replaces ImageProjectiveTransformV3 BILINEAR for speed; it must give its output
@@ -398,6 +400,7 @@ def test_random_erasing_paints_one_mean_coloured_rectangle():
 # ----------------------------------------------------------------------------- fused, deterministic, graph
 
 
+@pytest.mark.isa_sensitive  # XLA's CPU code generation follows the instruction set
 def test_several_geometric_transforms_resample_once():
     many = AugmentConfig(
         rotation_range=20,
@@ -637,6 +640,7 @@ def legacy():
         {"theta": 20, "tx": 3, "ty": -2, "shear": 10, "zx": 0.9, "zy": 1.1, "flip_horizontal": True},
     ],
 )
+@pytest.mark.isa_sensitive  # XLA's CPU code generation follows the instruction set
 @pytest.mark.parametrize("fill_mode", ["nearest", "reflect"])
 @LEGACY_WARNINGS
 def test_matches_legacy_apply_transform(legacy, params, fill_mode):

@@ -25,6 +25,7 @@ import json
 import os
 import re
 import tempfile
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -136,11 +137,18 @@ def load_or_build_gallery(identity_run: str | Path, state_dir: str | Path, targe
     info_path = folder / "calibration.json"
     if (folder / GALLERY_JSON).is_file():
         info = json.loads(info_path.read_text(encoding="utf-8")) if info_path.is_file() else {}
+        made_with = info.get("embedder_runtime")
+        if embedder is not None and made_with and made_with != embedder.runtime.name:
+            warnings.warn(f"The gallery in {folder} holds embeddings made with the {made_with} runtime; this "
+                          f"machine serves {embedder.runtime.name} (see RUN/exports/runtime_choice.json). "
+                          f"Similarities shift slightly: re-enrol, or start with --runtime {made_with}.",
+                          stacklevel=2)
         return IdentityGallery.load(folder), info
     run = read_run(identity_run)
     data_dir = _existing_path(run.config.data_dir)
     info: dict[str, Any] = {"identity_run": str(identity_run), "built": dt.datetime.now().astimezone().isoformat(
-        timespec="seconds"), "data_dir": str(run.config.data_dir)}
+        timespec="seconds"), "data_dir": str(run.config.data_dir),
+        "embedder_runtime": embedder.runtime.name if embedder is not None else "keras"}
     if not data_dir.is_dir():
         gallery = IdentityGallery()
         info["note"] = f"training data {run.config.data_dir} not found: empty gallery, enrol people in Admin"
@@ -259,7 +267,8 @@ class FaceService:
         identity = Predictor.from_run(identity_dir, runtime=runtime, top_k=1)
         gallery, gallery_info = load_or_build_gallery(identity_dir, state_dir, target_far, embedder=identity)
         state = Path(state_dir)
-        info = {"gender_run": str(gender_dir), "identity_run": str(identity_dir), "runtime": gender.runtime.name,
+        info = {"gender_run": str(gender_dir), "identity_run": str(identity_dir),
+                "runtime": {"gender": gender.runtime.name, "identity": identity.runtime.name},
                 "gallery": gallery_info, "state_dir": str(state)}
         return cls(gender, identity, gallery, AttendanceLog(state / "attendance.sqlite"),
                    gallery_dir=gallery_folder(state_dir, identity_dir), max_faces=max_faces, info=info)

@@ -11,24 +11,20 @@ from pathlib import Path
 
 import pandas as pd
 
+from tf_models.cpu import cpu_flags, cpu_model, isa_limits, usable_cores
+
 
 def machine_info(packages: Sequence[str] = ("tensorflow", "keras")) -> dict[str, str]:
-    """CPU model, cores, load average (how busy the machine was), GPUs and package versions.
+    """CPU model and the ISA flags that decide speed (AVX2 / AVX-512 / VNNI / AMX / ARM dot product),
+    cores, load average (how busy the machine was), GPUs and package versions.
 
     Call it before the benchmark starts, so the load average is the neighbours', not ours.
     """
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     load = " / ".join(f"{v:.2f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
-    info = {"cpu": cpu, "cores": str(cores), "load average at start (1/5/15 min)": load,
+    info = {"cpu": cpu_model(), "cpu flags (speed-relevant)": " ".join(cpu_flags()) or "none listed",
+            "cores": str(usable_cores()), "load average at start (1/5/15 min)": load,
             "python": platform.python_version()}
+    info.update({f"ISA cap {name}": value for name, value in isa_limits().items()})
     for package in packages:
         try:
             info[package] = importlib.metadata.version(package)

@@ -12,8 +12,9 @@ Conversions use Keras's own exporters (``Model.export``): ``tf_saved_model``, ``
 tf2onnx, which Keras patches for numpy 2) and ``litert`` (``tf.lite.TFLiteConverter``). Quantisation:
 TFLite ``float16`` weights, or ``int8`` weights and activations calibrated on the run's own images;
 ONNX ``int8`` (ONNX Runtime's static QDQ quantisation: int8 per-channel weights, uint8 activations,
-calibrated the same way), which runs on the CPU's integer units (VNNI / AMX) and is the served
-default (see :mod:`tf_models.predictor`). SavedModel exports are float32.
+calibrated the same way; 7-bit weights so that AVX2, VNNI, AMX and ARM CPUs compute the same
+sums), which runs on the CPU's integer units and is often the fastest runtime (which one serves a
+run is measured per machine: :mod:`tf_models.serving`). SavedModel exports are float32.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ import numpy as np
 
 from tf_models.classifier import with_embedding
 from tf_models.config import TrainConfig
+from tf_models.framing import FaceFramer
+from tf_models.runtimes import CompiledRuntime, load_export_runtime
 from tf_models.students import CropSettings
 
 EXPORT_FORMATS = ("savedmodel", "onnx", "tflite")
@@ -201,12 +204,16 @@ def _checked_representative(representative: np.ndarray | None) -> np.ndarray:
 
 
 def quantize_onnx_int8(source: str | Path, target: str | Path, representative: np.ndarray) -> Path:
-    """ONNX Runtime static quantisation of a float32 ONNX model: int8 weights, uint8 activations.
+    """ONNX Runtime static quantisation of a float32 ONNX model: 7-bit int8 weights, uint8 activations.
 
     QDQ format, per-channel weights, activation ranges from ``representative`` (MinMax). uint8
-    activations with int8 weights is the pairing ONNX Runtime's x86 integer kernels (VNNI / AMX)
-    are built for; int8 activations fall back to slower paths (for ResNet50 they were no faster
-    than float32 when this was chosen).
+    activations with int8 weights is the pairing ONNX Runtime's x86 integer kernels are fastest with.
+    Weights use 7 bits (``reduce_range``) so that every CPU computes the same sums: x86 CPUs without
+    VNNI (AVX2 only) multiply u8 x s8 with ``vpmaddubsw``, which adds each PAIR of products into
+    a signed 16-bit lane and saturates when 2 x 255 x 128 > 32767; with |weight| <= 64 the pair fits
+    (2 x 255 x 64 = 32640), so AVX2, AVX-512 VNNI, AMX and ARM all give exact int32 sums, at the
+    same speed. ``tests/test_int8_isa.py`` shows the saturation with 8-bit weights and its absence
+    with 7-bit ones on an emulated AVX2 CPU.
     """
     _require("onnxruntime", "ONNX int8 quantisation")
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
@@ -222,7 +229,7 @@ def quantize_onnx_int8(source: str | Path, target: str | Path, representative: n
             return None if item is None else {INPUT_NAME: item}
 
     quantize_static(str(source), str(target), Samples(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+                    reduce_range=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
     return Path(target)
 
 
@@ -239,7 +246,6 @@ def calibration_inputs(run: RunFiles, input_size: tuple[int, int], limit: int = 
     Falls back to the bundled sample of the run's task when the data folder is not on this machine.
     """
     from tf_models.images import ImageReadError, is_image_path, read_image
-    from tf_models.predictor import FaceFramer
 
     root = Path(run.config.data_dir).expanduser()
     if not root.is_dir():
@@ -278,18 +284,15 @@ def measure_parity(model: keras.Model, serve: Callable[[np.ndarray], tuple[np.nd
     Returns the top-1 agreement, the largest absolute probability difference and the lowest cosine
     between the two embeddings of an input, over ``inputs`` (framed faces the model did not calibrate on).
     """
-    import tensorflow as tf
-
-    reference = with_embedding(model)
-    infer = tf.function(lambda images: reference(images, training=False), reduce_retracing=True)
+    infer = CompiledRuntime(with_embedding(model))  # one trace for every batch size
     agree, worst_diff, worst_cosine = 0, 0.0, 1.0
     for start in range(0, len(inputs), batch_size):
         batch = np.ascontiguousarray(inputs[start:start + batch_size], dtype=np.float32)
-        expected = {k: v.numpy() for k, v in infer(batch).items()}
+        expected_probabilities, expected_embeddings = infer(batch)
         probabilities, embeddings = serve(batch)
-        agree += int((probabilities.argmax(1) == expected["probabilities"].argmax(1)).sum())
-        worst_diff = max(worst_diff, float(np.abs(probabilities - expected["probabilities"]).max()))
-        worst_cosine = min(worst_cosine, float((embeddings * expected["embedding"]).sum(1).min()))
+        agree += int((probabilities.argmax(1) == expected_probabilities.argmax(1)).sum())
+        worst_diff = max(worst_diff, float(np.abs(probabilities - expected_probabilities).max()))
+        worst_cosine = min(worst_cosine, float((embeddings * expected_embeddings).sum(1).min()))
     return {"check_images": len(inputs), "top1_agreement": agree / max(len(inputs), 1),
             "max_abs_diff": worst_diff, "min_embedding_cosine": worst_cosine}
 
@@ -329,8 +332,6 @@ def export_run(
         "versions": {name: _version(name) for name in ("tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime")},
     }
     if held_out is not None and len(held_out):
-        from tf_models.predictor import load_export_runtime  # the predictor imports this module
-
         info["parity"] = measure_parity(model, load_export_runtime(out, info), held_out)
     (out / EXPORT_INFO).write_text(json.dumps(info, indent=2), encoding="utf-8")
     return out
