@@ -8,7 +8,7 @@ Starts ``app_gradio.py`` in its own process on a free local port (as users run i
 ``Client.predict(..., api_name="/recognise")``: upload, queue, face detection once, both models,
 drawing, and the download of the annotated image. The first --warmup requests are not counted.
 For the split, the same photo also goes through ``FaceService.analyze`` in this process (no HTTP).
-Target: p50 <= 300 ms on a 2-core CPU. Writes bench_app.csv and bench_app.md under --out; the last
+Targets: p50 <= 250 ms on a 2-core CPU, and at most 1.5x ``analyze`` alone (what Gradio adds). Writes bench_app.csv and bench_app.md under --out; the last
 line printed is the headline.
 """
 
@@ -35,7 +35,8 @@ from tf_models.benchmarking import machine_info, machine_markdown, markdown_tabl
 
 DEFAULT_PHOTO = REPO_ROOT.parent / "shared" / "data" / "scenes" / "deepface_img2.jpg"  # 1536x1152, one face
 PHOTO_SIZE = (1280, 960)  # width, height: as scripts/bench_detection.py
-TARGET_P50_MS = 300.0
+TARGET_P50_MS = 250.0
+TARGET_OVERHEAD_RATIO = 1.5  # end-to-end p50 / FaceService.analyze p50
 START_TIMEOUT_S = 600  # first start builds the gallery and the ONNX exports
 
 
@@ -108,7 +109,7 @@ def in_process_ms(args: argparse.Namespace, photo: Path, repeats: int) -> tuple[
         start = time.perf_counter()
         service.analyze(str(photo))
         times.append((time.perf_counter() - start) * 1000)
-    return times, service.identity.runtime.name
+    return times, f"gender {service.gender.runtime.name}, identity {service.identity.runtime.name}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -145,10 +146,13 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     pd.DataFrame({"request": range(1, len(end_to_end) + 1), "end_to_end_ms": np.round(end_to_end, 2),
                   "in_process_ms": np.round(compute, 2)}).to_csv(args.out / "bench_app.csv", index=False)
-    verdict = "meets" if e2e["p50_ms"] <= TARGET_P50_MS else "misses"
-    headline = (f"app end-to-end {PHOTO_SIZE[0]}x{PHOTO_SIZE[1]} one face: p50 {e2e['p50_ms']:.0f} ms, "
-                f"p90 {e2e['p90_ms']:.0f} ms over {args.repeats} requests ({verdict} the {TARGET_P50_MS:.0f} ms "
-                f"p50 target); analyze alone p50 {local['p50_ms']:.0f} ms")
+    ratio = e2e["p50_ms"] / local["p50_ms"]
+    met = e2e["p50_ms"] <= TARGET_P50_MS and ratio <= TARGET_OVERHEAD_RATIO
+    headline = (f"app end-to-end {PHOTO_SIZE[0]}x{PHOTO_SIZE[1]} one face on {machine['cpu']} "
+                f"[{machine['cpu flags (speed-relevant)']}]: p50 {e2e['p50_ms']:.0f} ms, p90 {e2e['p90_ms']:.0f} ms "
+                f"over {args.repeats} requests; analyze alone p50 {local['p50_ms']:.0f} ms ({ratio:.2f}x); "
+                f"{'meets' if met else 'misses'} the targets (p50 <= {TARGET_P50_MS:.0f} ms, <= "
+                f"{TARGET_OVERHEAD_RATIO}x analyze)")
     command = "python scripts/bench_app.py " + " ".join(argv if argv is not None else sys.argv[1:])
     markdown = "\n".join([
         "# App latency: request to answer", "",
@@ -159,7 +163,8 @@ def main(argv: list[str] | None = None) -> int:
         f"image). Runtime: {runtime}. The second row is `FaceService.analyze` on the same photo in one process: "
          "the difference is Gradio's HTTP, queue and file handling."), "",
         machine_markdown(machine), markdown_table(rows), f"Answer: {'; '.join(sorted(answers))}", "",
-        f"Target: p50 <= {TARGET_P50_MS:.0f} ms on a 2-core CPU. Per-request times: `bench_app.csv`.", "",
+        f"Targets: p50 <= {TARGET_P50_MS:.0f} ms on a 2-core CPU and <= {TARGET_OVERHEAD_RATIO}x "
+        "`FaceService.analyze` alone. Per-request times: `bench_app.csv`.", "",
         f"**{headline}**", ""])
     (args.out / "bench_app.md").write_text(markdown, encoding="utf-8")
     print(f"wrote {args.out / 'bench_app.csv'} and {args.out / 'bench_app.md'}")

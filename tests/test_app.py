@@ -322,3 +322,19 @@ def test_eight_clients_25_requests_each_no_error_and_exact_attendance(app_url, v
     sessions = service.log.sessions()
     assert int(sessions[sessions["course"].str.startswith("load-")]["present"].sum()) == 16
     assert UNKNOWN not in set(service.log.session_rows("load-0", DATE)["name"])
+
+
+def test_answer_image_is_display_sized_with_boxes_where_the_faces_are():
+    """The annotated answer is at most ANSWER_MAX_SIDE on its longer side (encoding and transfer per
+    request), and the boxes are scaled with it; a small photo is left at its size."""
+    from tf_models.app import ANSWER_MAX_SIDE, FaceResult, draw_faces
+
+    photo = np.full((1200, 1600, 3), 255, np.uint8)
+    face = FaceResult(1, (400, 300, 200, 200), "Female", 0.9, "Ana", 0.8)
+    answer = draw_faces(photo, [face])
+    assert max(answer.size) == ANSWER_MAX_SIDE and answer.size == (800, 600)
+    pixels = np.asarray(answer)
+    assert tuple(pixels[250, 200]) == (40, 200, 80)  # the left edge of the box, at half the coordinates
+    assert tuple(pixels[250, 150]) == (255, 255, 255)  # outside it
+    small = draw_faces(np.zeros((300, 400, 3), np.uint8), [])
+    assert small.size == (400, 300)

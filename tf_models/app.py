@@ -46,6 +46,7 @@ ADMIN_PASSWORD_ENV = "TF_MODELS_ADMIN_PASSWORD"
 DEFAULT_STATE_DIR = "app_state"
 DEFAULT_BEST_DIR = "results/best"
 DEFAULT_MAX_FACES = 10  # a lecturer checks the student(s) in front of the camera, not a crowd
+ANSWER_MAX_SIDE = 800  # the annotated answer image (longer side, pixels): see draw_faces
 UNKNOWN = "Unknown"
 UNCERTAIN = "uncertain"
 TABLE_COLUMNS = ["face", "gender", "gender confidence", "identity", "identity confidence", "attendance"]
@@ -211,14 +212,23 @@ def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
         return ImageFont.load_default()
 
 
-def draw_faces(pixels: np.ndarray, faces: Sequence[FaceResult]) -> Image.Image:
-    """The photo with a box and a "#, gender, identity" label per face (green: known, orange: Unknown)."""
+def draw_faces(pixels: np.ndarray, faces: Sequence[FaceResult], max_side: int = ANSWER_MAX_SIDE) -> Image.Image:
+    """The photo, at most ``max_side`` pixels on its longer side, with a box and a "#, gender,
+    identity" label per face (green: known, orange: Unknown).
+
+    The answer is for looking at: the page shows it a few hundred pixels wide, so a phone photo at
+    full resolution would only cost JPEG encoding and transfer on every request.
+    """
     image = Image.fromarray(pixels)
+    shrink = min(1.0, max_side / max(image.size))
+    if shrink < 1.0:
+        size = (max(1, round(image.width * shrink)), max(1, round(image.height * shrink)))
+        image = image.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)  # box-reduce first: fast
     draw = ImageDraw.Draw(image)
     scale = max(image.size) / 1000.0
     width, font = max(2, round(3 * scale)), _font(max(12, round(20 * scale)))
     for face in faces:
-        x, y, w, h = face.box
+        x, y, w, h = (round(v * shrink) for v in face.box)
         colour = (40, 200, 80) if face.identity != UNKNOWN else (255, 150, 0)
         draw.rectangle((x, y, x + w, y + h), outline=colour, width=width)
         text = f"{face.index} {face.gender} {face.gender_confidence:.2f} | {face.identity}"
@@ -298,7 +308,7 @@ class FaceService:
         except ValueError as err:  # an array of the wrong shape or dtype
             return Analysis(None, message=f"This image cannot be used: {err}", error=True)
         if not boxes:
-            return Analysis(Image.fromarray(pixels), message="No face found in this photo. Use a photo where the face "
+            return Analysis(draw_faces(pixels, []), message="No face found in this photo. Use a photo where the face "
                             "is visible, lit and not too small (at least about 2% of the photo's longer side).",
                             error=True)
         genders = self.gender.predict_boxes(pixels, boxes)
