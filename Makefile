@@ -50,6 +50,7 @@ test-tools:
 AVX2_CAP := ONEDNN_MAX_CPU_ISA=AVX2 XLA_FLAGS=--xla_cpu_max_isa=AVX2
 
 test: setup test-tools
+	$(VENV)/bin/lint-imports   # the package's layers: imports only point down (pyproject.toml)
 	$(PY) -m pytest
 	$(AVX2_CAP) $(PY) -m pytest -m isa_sensitive -p no:cacheprovider
 

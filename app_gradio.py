@@ -52,8 +52,8 @@ MAX_FILE_SIZE = "25mb"  # a phone photo is under 15 MB; larger uploads are refus
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from tf_models.app import DEFAULT_BEST_DIR, DEFAULT_MAX_FACES, DEFAULT_STATE_DIR
-    from tf_models.serving import RUNTIME_CHOICES
+    from tf_models.app.service import DEFAULT_BEST_DIR, DEFAULT_MAX_FACES, DEFAULT_STATE_DIR
+    from tf_models.serve.serving import RUNTIME_CHOICES
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--gender-run", help=f"gender run folder (default: the one in {DEFAULT_BEST_DIR}/gender.json)")
@@ -111,50 +111,8 @@ def _save_answer_atomically(component: Any, value: Any) -> Any:
 
 
 def build_demo(service: Any) -> Any:
-    """The Blocks UI around a :class:`tf_models.app.FaceService`."""
+    """The Blocks UI around a :class:`tf_models.app.service.FaceService`."""
     import gradio as gr
-    import pandas as pd
-
-    from tf_models.app import TABLE_COLUMNS, AdminError, example_images
-    from tf_models.attendance import COLUMNS as LOG_COLUMNS
-
-    def recognise(image: str | None, min_confidence: float, course: str, date: str,
-                  mark_attendance: bool) -> tuple[Any, Any, str]:
-        analysis = service.analyze(image, min_confidence, course or "", date or "", bool(mark_attendance))
-        if analysis.error:
-            gr.Warning(analysis.message)
-        return analysis.image, analysis.table(), analysis.message
-
-    def admin(action: Any, *args: Any) -> str:
-        try:
-            return action(*args)
-        except (AdminError, ValueError) as err:
-            gr.Warning(str(err))
-            return str(err)
-
-    def enrol(password: str, name: str, files: list[str] | None) -> str:
-        return admin(service.enrol, password, name, files or [])
-
-    def remove(password: str, name: str) -> str:
-        return admin(service.remove, password, name)
-
-    def session_log(password: str, course: str, date: str) -> tuple[Any, str]:
-        try:
-            rows = service.session_log(password, course, date)
-            sessions = service.sessions(password)
-        except (AdminError, ValueError) as err:
-            gr.Warning(str(err))
-            return pd.DataFrame(columns=list(LOG_COLUMNS)), str(err)
-        recent = ", ".join(f"{r.course} {r.date} ({r.present})" for r in sessions.head(10).itertuples())
-        return rows, f"{len(rows)} present at {course.strip()} {date}. Sessions: {recent or 'none yet'}."
-
-    def export_log(password: str, course: str, date: str) -> tuple[str | None, str]:
-        try:
-            path = service.export_session_csv(password, course, date)
-        except (AdminError, ValueError) as err:
-            gr.Warning(str(err))
-            return None, str(err)
-        return str(path), f"{path.name} ready."
 
     def today() -> tuple[str, str]:  # at each page load, not once at start: the app may run for days
         return dt.date.today().isoformat(), dt.date.today().isoformat()
@@ -165,60 +123,107 @@ def build_demo(service: Any) -> Any:
                     "is, or **Unknown** for someone not enrolled. Tick *Mark attendance* to record the people "
                     "recognised as present at the session (course and date).")
         with gr.Tab("Recognise"):
-            with gr.Row():
-                with gr.Column():
-                    photo = gr.Image(label="Photo", sources=["upload", "webcam"], type="filepath")
-                    # Per instance, not a subclass: gradio writes a .pyi stub next to any module defining one.
-                    photo.preprocess = types.MethodType(_pass_upload_through, photo)
-                    confidence = gr.Slider(0.0, 1.0, value=0.0, step=0.05, label="Minimum confidence",
-                                           info="labels below it show as 'uncertain' / Unknown")
-                    with gr.Row():
-                        course = gr.Textbox(label="Course", placeholder="e.g. CS101")
-                        date = gr.Textbox(label="Date (YYYY-MM-DD)")
-                    mark = gr.Checkbox(label="Mark attendance", value=False)
-                    button = gr.Button("Recognise", variant="primary")
-                with gr.Column():
-                    annotated = gr.Image(label="Faces", type="pil", format="jpeg", interactive=False)
-                    annotated.postprocess = types.MethodType(_save_answer_atomically, annotated)
-                    message = gr.Textbox(label="Status", interactive=False)
-                    table = gr.Dataframe(headers=TABLE_COLUMNS, label="Faces", interactive=False)
-            gr.Examples(examples=[[path] for path in example_images()], inputs=[photo], label="Examples")
-            button.click(recognise, [photo, confidence, course, date, mark], [annotated, table, message],
-                         api_name="recognise")
+            date = _recognise_tab(gr, service)
         with gr.Tab("Model info"):
             gr.Markdown(service.model_info_markdown())
         with gr.Tab("Admin"):
-            gr.Markdown("Admin actions need the password set in the `TF_MODELS_ADMIN_PASSWORD` environment "
-                        "variable of the app's server.")
-            password = gr.Textbox(label="Admin password", type="password")
-            admin_status = gr.Textbox(label="Status", interactive=False)
-            with gr.Accordion("Enrol a person (a few photos, no retraining)", open=True):
-                enrol_name = gr.Textbox(label="Name")
-                enrol_files = gr.File(label="Photos of the person (one face each)", file_count="multiple",
-                                      type="filepath")
-                gr.Button("Enrol").click(enrol, [password, enrol_name, enrol_files], [admin_status],
-                                         api_name="enrol")
-            with gr.Accordion("Remove a person", open=False):
-                remove_name = gr.Textbox(label="Name")
-                gr.Button("Remove").click(remove, [password, remove_name], [admin_status], api_name="remove")
-            with gr.Accordion("Session log", open=True):
-                with gr.Row():
-                    log_course = gr.Textbox(label="Course")
-                    log_date = gr.Textbox(label="Date (YYYY-MM-DD)")
-                log_table = gr.Dataframe(label="Present", interactive=False)
-                log_file = gr.File(label="Session CSV", interactive=False)
-                with gr.Row():
-                    gr.Button("View log").click(session_log, [password, log_course, log_date],
-                                                [log_table, admin_status], api_name="session_log")
-                    gr.Button("Download CSV").click(export_log, [password, log_course, log_date],
-                                                    [log_file, admin_status], api_name="export_log")
+            log_date = _admin_tab(gr, service)
         demo.load(today, None, [date, log_date], api_visibility="private")
     return demo
 
 
+def _recognise_tab(gr: Any, service: Any) -> Any:
+    """Photo in, annotated faces + table out (API: /recognise). Returns the session-date box."""
+    from tf_models.app.service import TABLE_COLUMNS, example_images
+
+    def recognise(image: str | None, min_confidence: float, course: str, date: str,
+                  mark_attendance: bool) -> tuple[Any, Any, str]:
+        analysis = service.analyze(image, min_confidence, course or "", date or "", bool(mark_attendance))
+        if analysis.error:
+            gr.Warning(analysis.message)
+        return analysis.image, analysis.table(), analysis.message
+
+    with gr.Row():
+        with gr.Column():
+            photo = gr.Image(label="Photo", sources=["upload", "webcam"], type="filepath")
+            # Per instance, not a subclass: gradio writes a .pyi stub next to any module defining one.
+            photo.preprocess = types.MethodType(_pass_upload_through, photo)
+            confidence = gr.Slider(0.0, 1.0, value=0.0, step=0.05, label="Minimum confidence",
+                                   info="labels below it show as 'uncertain' / Unknown")
+            with gr.Row():
+                course = gr.Textbox(label="Course", placeholder="e.g. CS101")
+                date = gr.Textbox(label="Date (YYYY-MM-DD)")
+            mark = gr.Checkbox(label="Mark attendance", value=False)
+            button = gr.Button("Recognise", variant="primary")
+        with gr.Column():
+            annotated = gr.Image(label="Faces", type="pil", format="jpeg", interactive=False)
+            annotated.postprocess = types.MethodType(_save_answer_atomically, annotated)
+            message = gr.Textbox(label="Status", interactive=False)
+            table = gr.Dataframe(headers=TABLE_COLUMNS, label="Faces", interactive=False)
+    gr.Examples(examples=[[path] for path in example_images()], inputs=[photo], label="Examples")
+    button.click(recognise, [photo, confidence, course, date, mark], [annotated, table, message],
+                 api_name="recognise")
+    return date
+
+
+def _admin_tab(gr: Any, service: Any) -> Any:
+    """Enrol, remove, view and download the log (API: /enrol, /remove, /session_log, /export_log).
+    Returns the log-date box."""
+    import pandas as pd
+
+    from tf_models.app.attendance import COLUMNS as LOG_COLUMNS
+    from tf_models.app.service import AdminError
+
+    def guarded(action: Any, empty: Any) -> Any:
+        """Runs an admin action; a refusal or bad field is a warning and ``empty`` results, never a traceback."""
+        def run(*args: Any) -> Any:
+            try:
+                return action(*args)
+            except (AdminError, ValueError) as err:
+                gr.Warning(str(err))
+                return str(err) if empty is None else (empty(), str(err))
+        return run
+
+    def session_log(password: str, course: str, date: str) -> tuple[Any, str]:
+        rows = service.session_log(password, course, date)
+        recent = ", ".join(f"{r.course} {r.date} ({r.present})" for r in service.sessions(password).head(10).itertuples())
+        return rows, f"{len(rows)} present at {course.strip()} {date}. Sessions: {recent or 'none yet'}."
+
+    def export_log(password: str, course: str, date: str) -> tuple[str | None, str]:
+        path = service.export_session_csv(password, course, date)
+        return str(path), f"{path.name} ready."
+
+    gr.Markdown("Admin actions need the password set in the `TF_MODELS_ADMIN_PASSWORD` environment "
+                "variable of the app's server.")
+    password = gr.Textbox(label="Admin password", type="password")
+    status = gr.Textbox(label="Status", interactive=False)
+    with gr.Accordion("Enrol a person (a few photos, no retraining)", open=True):
+        name = gr.Textbox(label="Name")
+        files = gr.File(label="Photos of the person (one face each)", file_count="multiple", type="filepath")
+        gr.Button("Enrol").click(guarded(lambda p, n, f: service.enrol(p, n, f or []), None),
+                                 [password, name, files], [status], api_name="enrol")
+    with gr.Accordion("Remove a person", open=False):
+        remove_name = gr.Textbox(label="Name")
+        gr.Button("Remove").click(guarded(service.remove, None), [password, remove_name], [status],
+                                  api_name="remove")
+    with gr.Accordion("Session log", open=True):
+        with gr.Row():
+            log_course = gr.Textbox(label="Course")
+            log_date = gr.Textbox(label="Date (YYYY-MM-DD)")
+        log_table = gr.Dataframe(label="Present", interactive=False)
+        log_file = gr.File(label="Session CSV", interactive=False)
+        with gr.Row():
+            gr.Button("View log").click(guarded(session_log, lambda: pd.DataFrame(columns=list(LOG_COLUMNS))),
+                                        [password, log_course, log_date], [log_table, status],
+                                        api_name="session_log")
+            gr.Button("Download CSV").click(guarded(export_log, lambda: None), [password, log_course, log_date],
+                                            [log_file, status], api_name="export_log")
+    return log_date
+
+
 def launch(demo: Any, *, concurrency_limit: int = DEFAULT_CONCURRENCY, **launch_kwargs: Any) -> Any:
     """Queues ``demo`` with a concurrency limit and launches it (``launch_kwargs`` go to ``Blocks.launch``)."""
-    from tf_models.app import EXAMPLE_DIRS, REPO_ROOT
+    from tf_models.app.service import EXAMPLE_DIRS, REPO_ROOT
 
     if int(concurrency_limit) < 1:
         raise ValueError(f"concurrency_limit must be >= 1. Received: concurrency_limit={concurrency_limit!r}")
@@ -230,7 +235,7 @@ def launch(demo: Any, *, concurrency_limit: int = DEFAULT_CONCURRENCY, **launch_
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from tf_models.app import FaceService, NoTrainedModel
+    from tf_models.app.service import FaceService, NoTrainedModel
 
     try:
         service = FaceService.from_runs(args.gender_run, args.identity_run, state_dir=args.state_dir,

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Face detection benchmark: tf_models.faces vs stock mtcnn at full size, side by side.
+"""Face detection benchmark: tf_models.faces.detector vs stock mtcnn at full size, side by side.
 
     python scripts/bench_detection.py [--scenes DIR] [--repeats N] [--out DIR]
 
@@ -29,10 +29,9 @@ from PIL import Image
 from tqdm import tqdm
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))  # run as a plain script from anywhere
 
-from tf_models.benchmarking import machine_info  # noqa: E402
-from tf_models.faces import box_iou, get_face_detector  # noqa: E402
+from tf_models.benchmarking import machine_info
+from tf_models.faces.detector import box_iou, get_face_detector
 
 DEFAULT_SCENES = REPO_ROOT.parent / "shared" / "data" / "scenes"
 DEFAULT_OUT = REPO_ROOT / "results" / "detection"
@@ -114,7 +113,7 @@ def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
 def write_markdown(path: Path, machine: dict[str, str], settings: str, command: str, latency: dict[str, Any],
                    rows: list[dict[str, Any]], total: dict[str, Any]) -> None:
     lines = [
-        "# Face detection: tf_models.faces vs mtcnn defaults at full size",
+        "# Face detection: tf_models.faces.detector vs mtcnn defaults at full size",
         "",
         f"Written by `{command}`.",
         "",

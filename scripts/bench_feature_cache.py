@@ -5,7 +5,7 @@ The same transfer config (no augmentation, so the frozen backbone sees the same 
 is trained twice on the same CelebA images and split:
 
 1. ``cache_features=False``: every epoch runs the frozen backbone over every image (what the
-   reference projects did);
+   usual notebook does);
 2. ``cache_features=True``: the backbone runs once (the extraction, timed separately), then the
    head trains on the cached feature vectors.
 
@@ -30,13 +30,13 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))  # run as a plain script from anywhere
 
 import pandas as pd
 
 from tf_models.benchmarking import machine_info
-from tf_models.config import TrainConfig
-from tf_models.training import load_table, train
+from tf_models.config import TrainConfig, load_table
+from tf_models.runs import HISTORY_FILE
+from tf_models.train.training import train
 
 DEFAULT_DATA_DIR = REPO_ROOT.parent / "shared" / "data" / "celeba"
 
@@ -64,39 +64,50 @@ def main(argv: list[str] | None = None) -> int:
                        mode="transfer", weights=args.weights, input_size=tuple(args.input_size), epochs=args.epochs,
                        batch_size=args.batch_size, augment="none", patience=args.epochs, seed=args.seed).validate()
     table = load_table(base)  # one split for both runs
-    rows = []
-    for cached in (False, True):
-        name = "cached" if cached else "recomputed"
-        run_dir = args.runs_dir / name
-        shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run, never resumed from an earlier benchmark
-        print(f"[bench] {name}: {args.backbone} transfer, features {'cached' if cached else 'recomputed'} -> {run_dir}",
-              flush=True)
-        metrics = train(dataclasses.replace(base, cache_features=cached, out=str(run_dir)), table=table,
-                        verbose=2).metrics
-        if metrics["feature_cache"] != cached:
-            raise RuntimeError(f"expected feature_cache={cached}, the run reports {metrics['feature_cache']}")
-        epoch_seconds = pd.read_csv(run_dir / "history.csv")["epoch_seconds"]
-        extraction = metrics["feature_extraction_seconds"]
-        rows.append({"variant": name, "feature_cache": cached, "epochs_run": len(epoch_seconds),
-                     "head_s_per_epoch": epoch_seconds.iloc[1:].median() if len(epoch_seconds) > 1
-                     else epoch_seconds.iloc[0],
-                     "first_epoch_s": epoch_seconds.iloc[0], "extraction_s": extraction,
-                     "total_train_s": epoch_seconds.sum() + extraction,
-                     "test_accuracy": metrics["accuracy"], "test_balanced_accuracy": metrics["balanced_accuracy"],
-                     "test_n": metrics["n"], "train_images": len(table.split("train")),
-                     "val_images": len(table.split("val"))})
-    frame = pd.DataFrame(rows)
+    frame = pd.DataFrame([train_variant(base, table, cached, args.runs_dir) for cached in (False, True)])
     recomputed, cached = frame.iloc[0], frame.iloc[1]
     ratio = recomputed.head_s_per_epoch / cached.head_s_per_epoch
-    total_ratio = recomputed.total_train_s / cached.total_train_s
-    accuracy_gap = abs(recomputed.test_accuracy - cached.test_accuracy)
-
     args.out_dir.mkdir(parents=True, exist_ok=True)
     csv_path, md_path = args.out_dir / "bench_feature_cache.csv", args.out_dir / "bench_feature_cache.md"
     frame.round(4).to_csv(csv_path, index=False)
     command = (f"scripts/bench_feature_cache.py --n {args.n} --backbone {args.backbone} --weights {args.weights} "
                f"--input-size {args.input_size[0]} {args.input_size[1]} --epochs {args.epochs} "
                f"--batch-size {args.batch_size} --seed {args.seed}")
+    md_path.write_text(markdown(frame, machine, args, base, command), encoding="utf-8")
+    print(frame.drop(columns=["train_images", "val_images"]).to_string(index=False))
+    print(f"wrote {csv_path} and {md_path.name}")
+    print(f"feature cache: head epoch {recomputed.head_s_per_epoch:.2f} s -> {cached.head_s_per_epoch:.3f} s = "
+          f"{ratio:.0f}x faster; test accuracy {recomputed.test_accuracy:.4f} vs {cached.test_accuracy:.4f}")
+    return 0
+
+
+def train_variant(base: TrainConfig, table, cached: bool, runs_dir: Path) -> dict:
+    """Trains the frozen-base run with features cached or recomputed; its timing and accuracy row."""
+    name = "cached" if cached else "recomputed"
+    run_dir = runs_dir / name
+    shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run, never resumed from an earlier benchmark
+    print(f"[bench] {name}: {base.backbone} transfer, features {name} -> {run_dir}", flush=True)
+    metrics = train(dataclasses.replace(base, cache_features=cached, out=str(run_dir)), table=table,
+                    verbose=2).metrics
+    if metrics["feature_cache"] != cached:
+        raise RuntimeError(f"expected feature_cache={cached}, the run reports {metrics['feature_cache']}")
+    epoch_seconds = pd.read_csv(run_dir / HISTORY_FILE)["epoch_seconds"]
+    extraction = metrics["feature_extraction_seconds"]
+    return {"variant": name, "feature_cache": cached, "epochs_run": len(epoch_seconds),
+            "head_s_per_epoch": epoch_seconds.iloc[1:].median() if len(epoch_seconds) > 1 else epoch_seconds.iloc[0],
+            "first_epoch_s": epoch_seconds.iloc[0], "extraction_s": extraction,
+            "total_train_s": epoch_seconds.sum() + extraction,
+            "test_accuracy": metrics["accuracy"], "test_balanced_accuracy": metrics["balanced_accuracy"],
+            "test_n": metrics["n"], "train_images": len(table.split("train")), "val_images": len(table.split("val"))}
+
+
+def markdown(frame: pd.DataFrame, machine: dict[str, str], args: argparse.Namespace, base: TrainConfig,
+             command: str) -> str:
+    """bench_feature_cache.md: the machine, the setup, both rows, and the ratios."""
+    recomputed, cached = frame.iloc[0], frame.iloc[1]
+    ratio = recomputed.head_s_per_epoch / cached.head_s_per_epoch
+    total_ratio = recomputed.total_train_s / cached.total_train_s
+    accuracy_gap = abs(recomputed.test_accuracy - cached.test_accuracy)
     lines = [
         "# Frozen-base training: cached backbone features vs recomputed every epoch",
         "",
@@ -131,12 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         lines[-1:-1] = [("- both heads are near chance (balanced accuracy ~0.5): a random frozen base carries little "
                          "gender signal, so equal accuracy says little here; for a quality comparison that means "
                          "something pass `--weights PATH` (a trained backbone, e.g. a run's `backbone.weights.h5`)")]
-    md_path.write_text("\n".join(lines), encoding="utf-8")
-    print(frame.drop(columns=["train_images", "val_images"]).to_string(index=False))
-    print(f"wrote {csv_path} and {md_path.name}")
-    print(f"feature cache: head epoch {recomputed.head_s_per_epoch:.2f} s -> {cached.head_s_per_epoch:.3f} s = "
-          f"{ratio:.0f}x faster; test accuracy {recomputed.test_accuracy:.4f} vs {cached.test_accuracy:.4f}")
-    return 0
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

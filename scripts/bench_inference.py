@@ -6,10 +6,10 @@
 
 For each backbone at its registry default input size (random weights: timing does not depend on
 them; 2 classes, the default head; ``onnx-int8`` calibrates its activation ranges on bundled CelebA
-sample faces resized to the input, so they are realistic) and each runtime of :mod:`tf_models.predictor` (the code the
+sample faces resized to the input, so they are realistic) and each runtime of :mod:`tf_models.serve.predictor` (the code the
 Predictor serves with): parameters, model size on disk (``.keras``, and the runtime's own file),
 single-image latency p50/p90 over ``--repeats`` calls after warm-up, and throughput at ``--batch``.
-``keras-predict`` (``model.predict`` on one image, what the reference projects timed) is the
+``keras-predict`` (``model.predict`` on one image, how notebooks usually time a model) is the
 baseline; ``speedup`` is its p50 over the runtime's. Runtimes are timed interleaved, call by call,
 so load from other processes hits them alike.
 
@@ -33,14 +33,14 @@ import numpy as np
 from tqdm import tqdm
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))  # run as a plain script from anywhere
 
-from tf_models.backbones import get_backbone, list_backbones
-from tf_models.benchmarking import machine_info
-from tf_models.classifier import build_classifier, with_embedding
-from tf_models.export import MODEL_FILES
-from tf_models.runtimes import EXPORTED_RUNTIMES, RUNTIMES
-from tf_models.serving import CANDIDATE_RUNTIMES, fastest, make_runtime, time_runtimes
+from tf_models.models.backbones import get_backbone, list_backbones
+from tf_models.benchmarking import machine_info, percentiles
+from tf_models.models.classifier import build_classifier, with_embedding
+from tf_models.runs import MODEL_FILE
+from tf_models.serve.export import MODEL_FILES
+from tf_models.serve.runtimes import EXPORTED_RUNTIMES, RUNTIMES
+from tf_models.serve.serving import CANDIDATE_RUNTIMES, fastest, make_runtime, time_runtimes
 
 DEFAULT_OUT = REPO_ROOT / "results" / "inference"
 WARMUP = 3
@@ -72,14 +72,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _percentile(values: list[float], q: float) -> float:
-    return float(np.percentile(np.asarray(values), q))
-
-
 def calibration_faces(input_size: tuple[int, int], count: int = CALIBRATION_FACES) -> np.ndarray:
     """Bundled CelebA sample images resized to the model input (float32 0..255): int8 calibration."""
     from tf_models.images import read_image
-    from tf_models.predictor import resize_to_input
+    from tf_models.faces.framing import resize_to_input
 
     files = sorted((REPO_ROOT / "datasets" / "celeba" / "sample").rglob("*.jpg"))[:count]
     return resize_to_input(np.stack([read_image(f) for f in files]), input_size)
@@ -96,8 +92,8 @@ def bench_backbone(name: str, runtimes: list[str], batch: int, repeats: int, bat
     serving = with_embedding(model)
     folder = workdir / name
     folder.mkdir(parents=True, exist_ok=True)
-    model.save(folder / "model.keras")
-    keras_mb = (folder / "model.keras").stat().st_size / 2**20
+    model.save(folder / MODEL_FILE)
+    keras_mb = (folder / MODEL_FILE).stat().st_size / 2**20
     representative = calibration_faces(spec.default_input) if "onnx-int8" in runtimes else None
     engines = {}
     for runtime in runtimes:  # each exported runtime in its own folder: two ONNX files must not collide
@@ -122,13 +118,13 @@ def bench_backbone(name: str, runtimes: list[str], batch: int, repeats: int, bat
     rows = []
     for runtime in runtimes:
         exported = EXPORTED_RUNTIMES.get(runtime)
-        file_path = folder / runtime / MODEL_FILES[exported[0]] if exported else folder / "model.keras"
+        file_path = folder / runtime / MODEL_FILES[exported[0]] if exported else folder / MODEL_FILE
         p50 = statistics.median(single[runtime])
         rows.append({
             "backbone": name, "input": "x".join(map(str, spec.default_input)),
             "params": int(model.count_params()), "keras_mb": round(keras_mb, 1), "runtime": runtime,
             "file_mb": round(file_path.stat().st_size / 2**20, 1), "p50_ms": round(p50, 2),
-            "p90_ms": round(_percentile(single[runtime], 90), 2), "batch": batch,
+            "p90_ms": round(percentiles(single[runtime])["p90_ms"], 2), "batch": batch,
             "images_per_s": round(batch / statistics.median(batched[runtime]), 1),
             "speedup": round(baseline / p50, 2) if baseline else "", "served": runtime == served,
         })

@@ -1,10 +1,10 @@
 """Input-pipeline benchmark: legacy ``ImageDataGenerator`` vs the tf.data pipeline with fused augmentation.
 
-One run, the same N CelebA images, a reference project's settings (rotation 15, width/height shift
+One run, the same N CelebA images, typical notebook settings (rotation 15, width/height shift
 0.1, shear 0.1, zoom 0.2, horizontal flip, rescale 1/255, 218x178, batch 128):
 
 1. legacy: ``tf_keras`` ``ImageDataGenerator.flow_from_dataframe`` (PIL + scipy, one image at a time);
-2. ours: ``tf_models.pipeline.make_dataset(..., augment=AugmentConfig.from_dict(same settings))``;
+2. ours: ``tf_models.data.pipeline.make_dataset(..., augment=AugmentConfig.from_dict(same settings))``;
 3. context: decode-only, the cached pipeline, nearest interpolation, and augmentation alone.
 
 Every variant is timed over full passes of N images after a warm-up pass (tf.data: the warm-up
@@ -22,7 +22,6 @@ import argparse
 import csv
 import math
 import os
-import resource
 import statistics
 import sys
 import time
@@ -34,15 +33,14 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
 
 import pandas as pd
 import tensorflow as tf
 from tqdm import tqdm
 
-from tf_models.augment import REFERENCE_GENERATOR_ARGS, AugmentConfig, RescaleIgnoredWarning, build_augmenter
-from tf_models.benchmarking import display_path, machine_info
-from tf_models.pipeline import make_dataset
+from tf_models.data.augment import REFERENCE_GENERATOR_ARGS, AugmentConfig, RescaleIgnoredWarning, build_augmenter
+from tf_models.benchmarking import cpu_seconds, display_path, machine_info
+from tf_models.data.pipeline import make_dataset
 
 DEFAULT_DATA_DIR = REPO_ROOT.parent / "shared" / "data" / "celeba"
 IMAGE_SIZE = (218, 178)  # (height, width): CelebA's aligned crops, no resizing needed
@@ -81,12 +79,6 @@ def load_files(data_dir: Path, labels_csv: Path | None, x_col: str, y_col: str, 
     frame["path"] = [str(image_dir / name) for name in frame[x_col]]
     frame["label"] = frame[y_col].astype("int32")
     return frame
-
-
-def cpu_seconds() -> float:
-    """CPU seconds of this process, all threads included: neighbours barely move it, unlike wall time."""
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 def timed_pass(label: str, make_pass: Callable[[], Iterable], n: int) -> tuple[float, float]:
@@ -181,15 +173,36 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     machine = machine_info(("tensorflow", "keras", "tf_keras"))  # before anything runs, so the load average is the neighbours'
     frame = load_files(args.data_dir, args.labels_csv, args.x_col, args.y_col, args.n)
+    variants = pipeline_variants(frame, args)
+    timings = run_round_robin({key: factory() for key, _, factory in variants}, args.n, args.repeats)
+    rows = summary_rows(variants, timings, args.n, args.batch_size, int(machine["cores"]))
+    csv_path, md_path = write_results(rows, machine, args)
+    print(f"wrote {display_path(csv_path)} and {md_path.name}")
+    legacy_rate, legacy_ceiling = rows[0]["img_per_s"], rows[0]["idle_ceiling_img_per_s"]
+    ours = rows[1]
+    print(
+        "idle-machine ceiling (cores / CPU-ms): augmented pipeline "
+        f"{ours['idle_ceiling_img_per_s']:.0f} img/s vs legacy {legacy_ceiling:.0f} img/s "
+        f"= {ours['ceiling_vs_legacy']:.1f}x"
+    )
+    print(
+        f"augmented pipeline: {ours['img_per_s']:.0f} img/s vs legacy ImageDataGenerator "
+        f"{legacy_rate:.0f} img/s = {ours['vs_legacy']:.1f}x"
+    )
+    return 0
+
+
+def pipeline_variants(frame: pd.DataFrame, args: argparse.Namespace) -> list[tuple[str, str, Callable]]:
+    """(key, description, pass factory) of every variant, legacy first, then the tf.data pipeline's."""
     paths, labels = frame["path"].tolist(), frame["label"].tolist()
-    n, batch_size, repeats = args.n, args.batch_size, args.repeats
+    n, batch_size = args.n, args.batch_size
     with warnings.catch_warnings():
         warnings.simplefilter(
             "ignore", RescaleIgnoredWarning
         )  # by design: rescale is pasted in, never applied
         config = AugmentConfig.from_dict(REFERENCE_GENERATOR_ARGS)
     nearest = AugmentConfig.from_dict({**REFERENCE_GENERATOR_ARGS, "rescale": None, "interpolation_order": 0})
-    source = "tf_models.pipeline.make_dataset"
+    source = "tf_models.data.pipeline.make_dataset"
 
     def pipeline(augment: AugmentConfig | None, training: bool = True, cache: bool = False):
         kwargs = {"cache": True} if cache else {}
@@ -237,8 +250,13 @@ def main(argv: list[str] | None = None) -> int:
             lambda: augment_only_pass(config, n, batch_size, kernel=True),
         ),
     ]
-    passes = {key: factory() for key, _, factory in variants}
-    timings = run_round_robin(passes, n, repeats)
+    return variants
+
+
+def summary_rows(variants: list[tuple[str, str, Callable]], timings: dict[str, list[tuple]], n: int,
+                 batch_size: int, cores: int) -> list[dict]:
+    """One row per variant: median img/s, CPU-ms per image, idle-machine ceiling, ratios to legacy."""
+    repeats = len(next(iter(timings.values())))
     rows = []
     for key, description, _ in variants:
         seconds = [wall for wall, _ in timings[key]]
@@ -261,10 +279,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{cpu_ms:.2f} CPU-ms/img)",
             flush=True,
         )
-    load_end = " / ".join(f"{v:.2f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
     # What each variant would reach with every core free: the legacy iterator runs in one Python
     # thread, tf.data spreads over all cores. An upper bound, but one the neighbours cannot move.
-    cores = int(machine["cores"])
     for row in rows:
         usable = 1 if row["variant"] == "legacy" else cores
         row["idle_ceiling_img_per_s"] = round(1e3 * usable / row["cpu_ms_per_img"], 1)
@@ -273,6 +289,14 @@ def main(argv: list[str] | None = None) -> int:
         row["vs_legacy"] = round(row["img_per_s"] / legacy_rate, 2)
         row["ceiling_vs_legacy"] = round(row["idle_ceiling_img_per_s"] / legacy_ceiling, 2)
 
+    return rows
+
+
+def write_results(rows: list[dict], machine: dict[str, str], args: argparse.Namespace) -> tuple[Path, Path]:
+    """bench_pipeline.csv and bench_pipeline.md under ``args.out_dir``."""
+    n, batch_size, repeats = args.n, args.batch_size, args.repeats
+    cores = int(machine["cores"])
+    load_end = " / ".join(f"{v:.2f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
     args.out_dir.mkdir(parents=True, exist_ok=True)
     csv_path, md_path = args.out_dir / "bench_pipeline.csv", args.out_dir / "bench_pipeline.md"
     with csv_path.open("w", newline="") as handle:
@@ -314,21 +338,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
     ]
     md_path.write_text("\n".join(lines))
-    print(
-        f"wrote {csv_path.relative_to(REPO_ROOT) if csv_path.is_relative_to(REPO_ROOT) else csv_path} "
-        f"and {md_path.name}"
-    )
-    ours = rows[1]
-    print(
-        "idle-machine ceiling (cores / CPU-ms): augmented pipeline "
-        f"{ours['idle_ceiling_img_per_s']:.0f} img/s vs legacy {legacy_ceiling:.0f} img/s "
-        f"= {ours['ceiling_vs_legacy']:.1f}x"
-    )
-    print(
-        f"augmented pipeline: {ours['img_per_s']:.0f} img/s vs legacy ImageDataGenerator "
-        f"{legacy_rate:.0f} img/s = {ours['vs_legacy']:.1f}x"
-    )
-    return 0
+    return csv_path, md_path
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from tf_models.compare import parse_sweep, run_suite, run_sweep
+    from tf_models.train.compare import parse_sweep, run_suite, run_sweep
 
     try:
         base = config_from_args(args, args.config)

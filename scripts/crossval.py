@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    from tf_models.crossval import cross_validate
+    from tf_models.train.crossval import cross_validate
 
     try:
         result = cross_validate(config, args.folds)

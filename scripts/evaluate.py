@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from tf_models.evaluation import evaluate_run
+from tf_models.train.evaluation import evaluate_run
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from tf_models.openset import evaluate_openset
+from tf_models.identity.openset import evaluate_openset
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from tf_models.export import EXPORT_FORMATS, QUANTIZATIONS, check_format, export_run
+from tf_models.serve.export import EXPORT_FORMATS, QUANTIZATIONS, check_format, export_run
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from tf_models.celeba import read_attribute_file
+from tf_models.data.celeba import read_attribute_file
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -15,8 +15,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from tf_models.predictor import Predictor, iter_files, write_predictions_csv
-from tf_models.serving import RUNTIME_CHOICES
+from tf_models.serve.predictor import Predictor, iter_files, write_predictions_csv
+from tf_models.serve.serving import RUNTIME_CHOICES
 
 
 def build_parser() -> argparse.ArgumentParser:

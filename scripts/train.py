@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    from tf_models.training import train
+    from tf_models.train.training import train
 
     result = train(config)
     metrics = result.metrics

@@ -67,7 +67,7 @@ STUDENTS_SAMPLE = REPO_ROOT / "datasets" / "students" / "sample"
 def train_tiny_run(task: str, out: Path, cache_dir: Path, *, epochs: int, **overrides) -> Path:
     """A real run folder on a bundled sample: alexnet_bn from scratch at 72x72, what tests serve and export."""
     from tf_models.config import TrainConfig
-    from tf_models.training import train
+    from tf_models.train.training import train
 
     settings = {"task": task, "data_dir": str(CELEBA_SAMPLE if task == "gender" else STUDENTS_SAMPLE),
                 "backbone": "alexnet_bn", "mode": "scratch", "weights": "none", "input_size": (72, 72),

@@ -17,7 +17,7 @@ import pytest
 from conftest import CELEBA_SAMPLE, REPO_ROOT, STUDENTS_SAMPLE, train_tiny_run
 from PIL import Image
 
-from tf_models.app import (
+from tf_models.app.service import (
     ADMIN_PASSWORD_ENV,
     TABLE_COLUMNS,
     UNKNOWN,
@@ -327,14 +327,15 @@ def test_eight_clients_25_requests_each_no_error_and_exact_attendance(app_url, v
 def test_answer_image_is_display_sized_with_boxes_where_the_faces_are():
     """The annotated answer is at most ANSWER_MAX_SIDE on its longer side (encoding and transfer per
     request), and the boxes are scaled with it; a small photo is left at its size."""
-    from tf_models.app import ANSWER_MAX_SIDE, FaceResult, draw_faces
+    from tf_models.app.rendering import ANSWER_MAX_SIDE, FaceResult, draw_faces
 
     photo = np.full((1200, 1600, 3), 255, np.uint8)
     face = FaceResult(1, (400, 300, 200, 200), "Female", 0.9, "Ana", 0.8)
     answer = draw_faces(photo, [face])
-    assert max(answer.size) == ANSWER_MAX_SIDE and answer.size == (800, 600)
+    assert max(answer.size) == ANSWER_MAX_SIDE and answer.size == (ANSWER_MAX_SIDE, ANSWER_MAX_SIDE * 3 // 4)
     pixels = np.asarray(answer)
-    assert tuple(pixels[250, 200]) == (40, 200, 80)  # the left edge of the box, at half the coordinates
-    assert tuple(pixels[250, 150]) == (255, 255, 255)  # outside it
+    scale = ANSWER_MAX_SIDE / 1600
+    assert tuple(pixels[round(400 * scale), round(400 * scale)]) == (40, 200, 80)  # the left edge, scaled
+    assert tuple(pixels[round(400 * scale), round(300 * scale)]) == (255, 255, 255)  # outside it
     small = draw_faces(np.zeros((300, 400, 3), np.uint8), [])
     assert small.size == (400, 300)

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from conftest import run_in_threads
 
-from tf_models.attendance import COLUMNS, AttendanceLog
+from tf_models.app.attendance import COLUMNS, AttendanceLog
 
 NAMES = ["José Álvarez", "Ayşe Demir", "王小明", "Chloé Dubois", "Dario Šimić", "Ana María López"]
 

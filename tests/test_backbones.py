@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from conftest import ALL_BACKBONES, REPO_ROOT, small_input
-from tf_models import alexnet, backbone_table, build_classifier, get_backbone, list_backbones
-from tf_models.classifier import PREPROCESS_LAYER
+from tf_models.models import alexnet
+from tf_models import backbone_table, build_classifier, get_backbone, list_backbones
+from tf_models.models.classifier import PREPROCESS_LAYER
 
 # The module each backbone's preprocess_input must come from, written out independently of the
 # registry so a wrong entry there fails here.
@@ -23,6 +24,8 @@ KERAS_PREPROCESS = {
     "inceptionv3": keras.applications.inception_v3.preprocess_input,
     "densenet201": keras.applications.densenet.preprocess_input,
     "mobilenetv2": keras.applications.mobilenet_v2.preprocess_input,
+    "efficientnetv2b0": keras.applications.efficientnet_v2.preprocess_input,
+    "convnexttiny": keras.applications.convnext.preprocess_input,
     "alexnet": alexnet.preprocess_input,
     "alexnet_bn": alexnet.preprocess_input,
 }
@@ -30,11 +33,13 @@ EXPECTED_MODE = {
     "vgg16": "caffe", "vgg19": "caffe", "resnet50": "caffe", "resnet101": "caffe",
     "inceptionv3": "tf", "mobilenetv2": "tf", "densenet201": "torch",
     "alexnet": "torch", "alexnet_bn": "torch",
+    "efficientnetv2b0": "none", "convnexttiny": "none",  # they normalise inside themselves
 }
 
 
-def test_registry_holds_the_eight_backbones():
-    required = {"vgg16", "vgg19", "resnet50", "resnet101", "inceptionv3", "densenet201", "mobilenetv2", "alexnet"}
+def test_registry_holds_the_required_backbones_and_the_newer_ones():
+    required = {"vgg16", "vgg19", "resnet50", "resnet101", "inceptionv3", "densenet201", "mobilenetv2", "alexnet",
+                "efficientnetv2b0", "convnexttiny"}
     assert required <= set(list_backbones())
     assert set(list_backbones()) == set(KERAS_PREPROCESS)
 
@@ -73,8 +78,14 @@ def test_builtin_preprocessing_matches_keras_preprocess_input(name):
     inside_model = keras.ops.convert_to_numpy(model.get_layer(PREPROCESS_LAYER)(batch))
     reference = np.asarray(KERAS_PREPROCESS[name](batch.copy()))
     np.testing.assert_allclose(inside_model, reference, rtol=1e-5, atol=1e-4)
-    # The model must not see what it was given: raw 0..255 is transformed, not passed through.
-    assert not np.allclose(inside_model, batch)
+    # The convolutions must not see raw 0..255: our layer transforms it, or (mode "none") the
+    # backbone's own first layers do.
+    if get_backbone(name).preprocessing == "none":
+        own = [layer for layer in model.get_layer("backbone").layers[:4]
+               if isinstance(layer, (keras.layers.Rescaling, keras.layers.Normalization))]
+        assert own, f"{name} passes raw pixels through but has no normalisation of its own"
+    else:
+        assert not np.allclose(inside_model, batch)
 
 
 def test_alexnet_preprocess_input_is_imagenet_standardisation():
@@ -105,7 +116,7 @@ def test_backbone_table_names_every_backbone():
         assert f"\n{name} " in table
 
 
-def test_list_backbones_cli_names_all_eight():
+def test_list_backbones_cli_names_every_backbone():
     result = subprocess.run(
         [sys.executable, str(REPO_ROOT / "scripts" / "train.py"), "--list-backbones"],
         capture_output=True, text=True, timeout=300, cwd=REPO_ROOT,

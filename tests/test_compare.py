@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from conftest import REPO_ROOT
 
-from tf_models.compare import SWEEP_PARAMETERS, parse_sweep, run_suite, run_sweep
+from tf_models.train.compare import SWEEP_PARAMETERS, parse_sweep, run_suite, run_sweep
 from tf_models.config import TrainConfig
 
 CELEBA = str(REPO_ROOT / "datasets" / "celeba" / "sample")

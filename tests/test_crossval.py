@@ -10,8 +10,8 @@ import pytest
 from conftest import REPO_ROOT
 
 from tf_models.config import TrainConfig
-from tf_models.crossval import cross_validate, fold_tables
-from tf_models.training import load_table
+from tf_models.train.crossval import cross_validate, fold_tables
+from tf_models.config import load_table
 
 CELEBA = str(REPO_ROOT / "datasets" / "celeba" / "sample")
 

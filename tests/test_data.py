@@ -12,10 +12,10 @@ import pytest
 from PIL import Image
 
 from conftest import REPO_ROOT, SHARED_DATA
-from tf_models.celeba import load_celeba, read_attribute_file
-from tf_models.data import class_weights
+from tf_models.data.celeba import load_celeba, read_attribute_file
+from tf_models.data.tables import class_weights
 from tf_models.images import ImageReadError, read_image
-from tf_models.splits import celeba_official_partition, check_class_sizes, kfold_indices, stratified_split
+from tf_models.data.splits import celeba_official_partition, check_class_sizes, kfold_indices, stratified_split
 
 SAMPLE = REPO_ROOT / "datasets" / "celeba" / "sample"
 needs_shared = pytest.mark.skipif(not (SHARED_DATA / "celeba").is_dir(), reason="../shared/data/celeba not present")

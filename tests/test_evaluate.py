@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 from conftest import REPO_ROOT
 
-from tf_models.celeba import load_celeba
+from tf_models.data.celeba import load_celeba
 from tf_models.config import TrainConfig
-from tf_models.training import train
+from tf_models.train.training import train
 
 CELEBA = REPO_ROOT / "datasets" / "celeba" / "sample"
 

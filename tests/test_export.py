@@ -9,12 +9,14 @@ import numpy as np
 import pytest
 from conftest import CELEBA_SAMPLE, train_tiny_run
 
-from tf_models.classifier import with_embedding
-from tf_models.export import EXPORT_INFO, export_run, load_run_model
-from tf_models.pipeline import make_dataset
+from tf_models.models.classifier import with_embedding
+from tf_models.runs import load_run_model
+from tf_models.serve.export import EXPORT_INFO, export_run
+from tf_models.data.pipeline import make_dataset
 from tf_models.cpu import cpu_identity
-from tf_models.predictor import INT8_MIN_AGREEMENT, PARITY_FILE, CompiledRuntime, Predictor
-from tf_models.serving import CHOICE_FILE, fastest, installed_runtimes
+from tf_models.serve.predictor import Predictor
+from tf_models.serve.runtimes import CompiledRuntime
+from tf_models.serve.serving import CHOICE_FILE, INT8_MIN_AGREEMENT, PARITY_FILE, fastest, installed_runtimes
 
 # Training the fixture run and six conversions take about a minute on 2 cores.
 pytestmark = [pytest.mark.slow, pytest.mark.isa_sensitive]
@@ -139,7 +141,7 @@ def test_served_int8_runtime_is_checked_against_float32_and_cached(gender_run):
 
 def test_int8_parity_is_measured_again_on_another_cpu(gender_run, monkeypatch):
     """A run folder copied to another machine: the int8 file stays, its parity is re-measured there."""
-    import tf_models.serving as serving
+    import tf_models.serve.serving as serving
 
     Predictor.from_run(gender_run, runtime="onnx-int8")
     folder = gender_run / "exports" / "onnx-int8-serving"
@@ -153,7 +155,7 @@ def test_int8_parity_is_measured_again_on_another_cpu(gender_run, monkeypatch):
 
 
 def test_auto_runtime_serves_the_fastest_measured_here_and_caches_the_choice(gender_run, monkeypatch):
-    import tf_models.serving as serving
+    import tf_models.serve.serving as serving
 
     (gender_run / "exports" / CHOICE_FILE).unlink(missing_ok=True)
     predictor = Predictor.from_run(gender_run)  # runtime="auto", the default
@@ -172,7 +174,7 @@ def test_auto_runtime_serves_the_fastest_measured_here_and_caches_the_choice(gen
 
 
 def test_auto_runtime_measures_again_on_another_cpu_and_named_runtimes_win(gender_run, monkeypatch):
-    import tf_models.serving as serving
+    import tf_models.serve.serving as serving
 
     Predictor.from_run(gender_run)  # a choice for this CPU exists
     other_cpu = {**cpu_identity(), "model": "Another CPU", "flags": ["avx2", "fma"]}
@@ -193,7 +195,7 @@ def test_fastest_breaks_ties_in_candidate_order():
 
 def test_int8_model_below_the_parity_bar_is_not_served(gender_run, monkeypatch):
     """The gate really decides: demand more agreement than the model has and float32 is served."""
-    import tf_models.serving as serving
+    import tf_models.serve.serving as serving
 
     monkeypatch.setattr(serving, "INT8_MIN_AGREEMENT", 1.01)  # more than any model can agree
     with pytest.warns(UserWarning, match="serving float32 'onnx' instead"):
@@ -227,7 +229,7 @@ def test_read_only_run_folder_converts_into_a_temporary_folder(gender_run, tmp_p
     """Shared results can be read-only: the conversion goes elsewhere and the run still serves."""
     import shutil
 
-    import tf_models.serving as serving
+    import tf_models.serve.serving as serving
 
     run = tmp_path / "shared_run"
     shutil.copytree(gender_run, run, ignore=shutil.ignore_patterns("exports"))

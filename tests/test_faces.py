@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tf_models import faces
-from tf_models.faces import DetectedFace, FaceDetector, box_iou, crop_face, get_face_detector
+from tf_models.faces import detector as faces
+from tf_models.faces.detector import DetectedFace, FaceDetector, box_iou, crop_face, get_face_detector
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 SCENES = DATA / "scenes"

@@ -12,20 +12,9 @@ import pandas as pd
 import pytest
 from conftest import REPO_ROOT, run_in_threads
 
-from tf_models.gallery import (
-    GALLERY_JSON,
-    GALLERY_NPZ,
-    IdentityGallery,
-    Match,
-    build_gallery_from_table,
-    calibrate_gallery,
-    calibrate_threshold,
-    embed_images,
-    far_frr,
-    gallery_from_embeddings,
-    genuine_impostor_scores,
-    l2_normalize,
-)
+from tf_models.identity.calibration import calibrate_gallery, calibrate_threshold, far_frr, genuine_impostor_scores
+from tf_models.identity.embedding import build_gallery_from_table, embed_images, gallery_from_embeddings
+from tf_models.identity.gallery import GALLERY_JSON, GALLERY_NPZ, IdentityGallery, Match, l2_normalize
 
 STUDENTS = REPO_ROOT / "datasets" / "students" / "sample"
 DIM = 32
@@ -247,7 +236,7 @@ def _sample_photos(people: int = 3, per_person: int = 4) -> tuple[list[str], lis
 
 
 def test_embed_images_shape_norm_and_order(tiny_model):
-    from tf_models.classifier import with_embedding
+    from tf_models.models.classifier import with_embedding
 
     paths, _ = _sample_photos(2, 3)
     vectors = embed_images(tiny_model, paths, batch_size=4)
@@ -260,7 +249,7 @@ def test_embed_images_shape_norm_and_order(tiny_model):
 
 def test_embed_images_with_a_serving_runtime(tiny_model):
     """The app enrols through the runtime it serves with: same vectors as the Keras model for float32."""
-    from tf_models.predictor import make_runtime
+    from tf_models.serve.serving import make_runtime
 
     paths, _ = _sample_photos(2, 3)
     runtime = make_runtime("compiled", tiny_model)
@@ -272,7 +261,7 @@ def test_embed_images_with_a_serving_runtime(tiny_model):
 
 
 def test_build_gallery_from_table(tiny_model):
-    from tf_models.data import DataReport, ImageTable
+    from tf_models.data.tables import DataReport, ImageTable
 
     paths, names = _sample_photos(3, 4)
     class_names = sorted(set(names))

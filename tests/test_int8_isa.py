@@ -4,7 +4,7 @@ ONNX Runtime multiplies uint8 activations by int8 weights. Without VNNI (AVX2 on
 ``vpmaddubsw``, which adds each pair of products into a signed 16-bit lane and saturates above
 32767; 2 x 255 x 127 does not fit. VNNI and AMX accumulate in 32 bits and never saturate. So a
 model quantised with 8-bit weights gives different answers on AVX2 machines (the bundled gender
-model's probabilities moved by up to 0.45). :func:`tf_models.export.quantize_onnx_int8` uses 7-bit
+model's probabilities moved by up to 0.45). :func:`tf_models.serve.export.quantize_onnx_int8` uses 7-bit
 weights, for which the pair always fits. These tests run ONNX Runtime natively AND on an emulated
 AVX2-only CPU (qemu, see conftest), whatever CPU the suite runs on, and check the emulation really
 exercises the saturating kernel (8-bit weights do saturate there), so they can fail.
@@ -17,7 +17,7 @@ import json
 import numpy as np
 from conftest import run_on_emulated_avx2
 
-from tf_models.export import INPUT_NAME, quantize_onnx_int8
+from tf_models.serve.export import INPUT_NAME, quantize_onnx_int8
 
 K, N = 64, 4
 

@@ -14,7 +14,7 @@ import pytest
 from conftest import REPO_ROOT
 
 from tf_models import list_backbones
-from tf_models.compare import parse_sweep
+from tf_models.train.compare import parse_sweep
 from tf_models.config import config_from_args
 
 NOTEBOOK = REPO_ROOT / "notebooks" / "colab.ipynb"

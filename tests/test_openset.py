@@ -10,8 +10,8 @@ import pytest
 from conftest import STUDENTS_SAMPLE, train_tiny_run
 from test_gallery import DIM, make_people
 
-from tf_models import openset
-from tf_models.openset import leave_one_person_out
+from tf_models.identity import openset
+from tf_models.identity.openset import leave_one_person_out
 
 STUDENTS = str(STUDENTS_SAMPLE)
 SPLIT_PATTERN = ["train"] * 4 + ["val"] * 2 + ["test"] * 2
@@ -82,7 +82,7 @@ def test_bad_input():
 
 
 def test_missing_run_files(tmp_path):
-    with pytest.raises(FileNotFoundError, match="config.yaml is missing"):
+    with pytest.raises(FileNotFoundError, match="not a finished run folder .missing config.yaml"):
         openset.evaluate_openset(tmp_path, STUDENTS, out=tmp_path / "out")
 
 

@@ -16,20 +16,16 @@ import pytest
 from conftest import CELEBA_SAMPLE, SHARED_DATA, STUDENTS_SAMPLE, train_tiny_run
 from PIL import Image
 
-from tf_models.classifier import build_classifier
+from tf_models.models.classifier import build_classifier
 from tf_models.config import TrainConfig
-from tf_models.faces import box_iou, get_face_detector
+from tf_models.faces.detector import box_iou, get_face_detector
 from tf_models.images import read_image
-from tf_models.pipeline import make_dataset
-from tf_models.predictor import (
-    CELEBA_ALIGNED_SIZE,
-    NO_FACE,
-    CompiledRuntime,
-    Predictor,
-    celeba_frame,
-    celeba_frame_rect,
-)
-from tf_models.students import CropSettings, _crop_one
+from tf_models.data.pipeline import make_dataset
+from tf_models.faces.framing import CELEBA_ALIGNED_SIZE, celeba_frame, celeba_frame_rect
+from tf_models.serve.predictor import NO_FACE, Predictor
+from tf_models.serve.runtimes import CompiledRuntime
+from tf_models.data.folders import _crop_one
+from tf_models.faces.crop import CropSettings
 
 SCENES = SHARED_DATA / "scenes"
 
@@ -241,7 +237,7 @@ def test_predict_paths_keeps_order_and_bad_arguments_are_clear(gender, identity_
 
 
 def test_model_loads_in_safe_mode(gender_run):
-    from tf_models.export import load_run_model
+    from tf_models.runs import load_run_model
 
     model = load_run_model(gender_run)
     assert isinstance(model, keras.Model) and model.output_shape == (None, 2)

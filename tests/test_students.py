@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from conftest import REPO_ROOT, SHARED_DATA
-from tf_models.students import CropSettings, load_students
+from tf_models.data.folders import load_students
+from tf_models.faces.crop import CropSettings
 
 SAMPLE = REPO_ROOT / "datasets" / "students" / "sample"
 SCENES = SHARED_DATA / "scenes"
@@ -49,7 +50,7 @@ def test_bundled_sample_loads_every_person_and_format(sample_table):
 
 def test_second_run_uses_the_crop_cache(sample_table, monkeypatch):
     table, cache = sample_table
-    import tf_models.faces as faces
+    import tf_models.faces.detector as faces
 
     def no_detection(*args, **kwargs):
         raise AssertionError("the face cache was not used")

@@ -15,7 +15,7 @@ import yaml
 
 from conftest import REPO_ROOT
 from tf_models.config import TrainConfig
-from tf_models.training import train
+from tf_models.train.training import train
 
 CELEBA = str(REPO_ROOT / "datasets" / "celeba" / "sample")
 STUDENTS = str(REPO_ROOT / "datasets" / "students" / "sample")
@@ -105,7 +105,7 @@ def test_mirrored_strategy_on_two_logical_cpus(tmp_path):
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
         from tf_models.config import TrainConfig
-        from tf_models.training import train
+        from tf_models.train.training import train
         config = TrainConfig(task="gender", data_dir={CELEBA!r}, subset=64, backbone="alexnet_bn", mode="scratch",
                              weights="none", input_size=(67, 67), head_units=(8,), epochs=1, batch_size=16,
                              out={str(tmp_path / 'run')!r}, cache_dir={str(tmp_path / 'cache')!r})

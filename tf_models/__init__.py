@@ -1,53 +1,68 @@
 """tf_models: transfer-learning face classifiers (CelebA gender, student identity) in Keras 3.
 
-The public front door. Everything a script or the app needs is importable from here.
+The public front door: every name below is importable from ``tf_models``. Names load on first use
+(module ``__getattr__``), so ``import tf_models`` and every script's ``--help`` start without
+TensorFlow. The layers, top to bottom (imports only point down; ``make test`` checks it):
+
+    app/        the Gradio service, attendance log
+    identity/   gallery of face embeddings, open-set evaluation
+    serve/      runtimes, export, the served-runtime choice, Predictor   |  train/  training, metrics, compare, crossval
+    runs.py     the run folder
+    config.py   TrainConfig
+    data/       images on disk -> tables -> tf.data      faces/  detector, framing      models/  backbones, classifier
+    images.py, cpu.py                                    (leaves: no tf_models imports)
+
+``ARCHITECTURE.md`` at the repository root walks through them.
 """
 
+from __future__ import annotations
+
+import importlib
 import os
+from typing import Any
 
 # TensorFlow's C++ start-up log lines bury real output; errors still show. Users can override.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from tf_models.augment import AugmentConfig
-from tf_models.backbones import (
-    BACKBONES,
-    BackboneSpec,
-    WeightsUnavailableError,
-    backbone_table,
-    get_backbone,
-    list_backbones,
-)
-from tf_models.celeba import load_celeba
-from tf_models.classifier import MODES, REFERENCE_HEAD, HeadConfig, build_classifier
-from tf_models.config import TrainConfig
-from tf_models.losses import SparseCrossentropy  # registered: saved run models need it to load
-from tf_models.pipeline import make_dataset
-from tf_models.preprocessing import ImagePreprocessing
-from tf_models.predictor import FacePrediction, ImagePrediction, Predictor
-from tf_models.export import export_run
-from tf_models.students import CropSettings, load_students
+# public name -> module that defines it
+_PUBLIC = {
+    "AugmentConfig": "tf_models.data.augment",
+    "BACKBONES": "tf_models.models.backbones",
+    "BackboneSpec": "tf_models.models.backbones",
+    "WeightsUnavailableError": "tf_models.models.backbones",
+    "backbone_table": "tf_models.models.backbones",
+    "get_backbone": "tf_models.models.backbones",
+    "list_backbones": "tf_models.models.backbones",
+    "load_celeba": "tf_models.data.celeba",
+    "MODES": "tf_models.models.classifier",
+    "REFERENCE_HEAD": "tf_models.models.classifier",
+    "HeadConfig": "tf_models.models.classifier",
+    "build_classifier": "tf_models.models.classifier",
+    "TrainConfig": "tf_models.config",
+    "SparseCrossentropy": "tf_models.models.losses",
+    "make_dataset": "tf_models.data.pipeline",
+    "ImagePreprocessing": "tf_models.models.preprocessing",
+    "FacePrediction": "tf_models.serve.predictor",
+    "ImagePrediction": "tf_models.serve.predictor",
+    "Predictor": "tf_models.serve.predictor",
+    "export_run": "tf_models.serve.export",
+    "CropSettings": "tf_models.faces.framing",
+    "load_students": "tf_models.data.folders",
+    "load_run_model": "tf_models.runs",
+    "read_run": "tf_models.runs",
+}
 
-__all__ = [
-    "FacePrediction",
-    "ImagePrediction",
-    "Predictor",
-    "export_run",
-    "BACKBONES",
-    "MODES",
-    "REFERENCE_HEAD",
-    "AugmentConfig",
-    "BackboneSpec",
-    "CropSettings",
-    "HeadConfig",
-    "ImagePreprocessing",
-    "SparseCrossentropy",
-    "TrainConfig",
-    "WeightsUnavailableError",
-    "backbone_table",
-    "build_classifier",
-    "get_backbone",
-    "list_backbones",
-    "load_celeba",
-    "load_students",
-    "make_dataset",
-]
+__all__ = sorted(_PUBLIC)
+
+
+def __getattr__(name: str) -> Any:
+    module = _PUBLIC.get(name)
+    if module is None:
+        raise AttributeError(f"module 'tf_models' has no attribute {name!r}. Public names: {', '.join(__all__)}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # the next lookup is a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,14 +1,17 @@
-"""What a benchmark was measured on, for the header of every results/ table."""
+"""What the benchmark scripts share: the machine header of every results/ table, CPU time,
+percentiles, Markdown tables and repository-relative paths."""
 
 from __future__ import annotations
 
 import importlib.metadata
 import os
 import platform
+import resource
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from tf_models.cpu import cpu_flags, cpu_model, isa_limits, usable_cores
@@ -53,3 +56,16 @@ def display_path(path: str | Path) -> str:
     files must not carry the paths of the machine they were made on."""
     repo_root = Path(__file__).resolve().parents[1]
     return Path(os.path.relpath(Path(path).resolve(), repo_root)).as_posix()
+
+
+def cpu_seconds() -> float:
+    """CPU seconds of this process, all threads included: neighbours barely move it, unlike wall time."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def percentiles(values_ms: Sequence[float]) -> dict[str, float]:
+    """p50, p90, mean, min and max of timings in milliseconds."""
+    array = np.asarray(values_ms, dtype=np.float64)
+    return {"p50_ms": float(np.percentile(array, 50)), "p90_ms": float(np.percentile(array, 90)),
+            "mean_ms": float(array.mean()), "min_ms": float(array.min()), "max_ms": float(array.max())}

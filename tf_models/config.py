@@ -16,7 +16,12 @@ from typing import Any
 
 import yaml
 
+from tf_models.faces.crop import MULTIPLE_FACE_POLICIES, CropSettings
+
 TASKS = ("gender", "identity")
+# What training reads from the config and nothing below it owns:
+SCHEDULES = ("plateau", "cosine", "constant")
+MIXED_PRECISION = ("auto", "off", "float16", "bfloat16")
 
 
 @dataclass
@@ -36,16 +41,16 @@ class TrainConfig:
     subset: int | None = None  # use a stratified random subset of N images
     balance: str = "none"  # none | undersample (training split) | weights (class weights in the loss)
     dedup: str = "group"  # group (duplicates kept in one split) | drop | keep
-    crop_margin: float = 0.2  # identity: face box margin on each side
-    crop_size: int = 160  # identity: side of the saved face crop
-    multiple_faces: str = "skip"  # identity: skip | largest
-    keep_whole_if_no_face: bool = False  # identity: keep already-cropped photos where no face is found
+    crop_margin: float = CropSettings.margin  # identity: face box margin on each side
+    crop_size: int = CropSettings.size[0]  # identity: side of the saved face crop
+    multiple_faces: str = CropSettings.multiple_faces  # identity: skip | largest
+    keep_whole_if_no_face: bool = CropSettings.keep_whole_if_no_face  # identity: keep already-cropped photos where no face is found
     # --- model ---
     backbone: str = "mobilenetv2"  # a registry name (--list-backbones)
     mode: str = "transfer"  # transfer | finetune | scratch
     weights: str = "imagenet"  # imagenet | none | path to a weights file
     input_size: tuple[int, int] | None = None  # H W; default: the backbone's own
-    head_units: tuple[int, ...] = (256,)  # hidden Dense widths of the head (reference projects: 1024 256 64 32)
+    head_units: tuple[int, ...] = (256,)  # hidden Dense widths of the head (REFERENCE_HEAD: 1024 256 64 32)
     head_dropout: float = 0.2  # dropout after each hidden head layer
     finetune_layers: int | None = None  # finetune: number of top backbone layers to train
     finetune_from: str | None = None  # finetune: first trainable backbone layer (default: the top block)
@@ -71,12 +76,22 @@ class TrainConfig:
     def fractions(self) -> tuple[float, float, float]:
         return (1.0 - self.val_fraction - self.test_fraction, self.val_fraction, self.test_fraction)
 
+    def crop_settings(self) -> CropSettings:
+        """How an identity run finds and cuts out faces (``crop.json`` in its run folder)."""
+        return CropSettings(margin=self.crop_margin, size=(self.crop_size, self.crop_size),
+                            multiple_faces=self.multiple_faces, keep_whole_if_no_face=self.keep_whole_if_no_face)
+
     def validate(self) -> "TrainConfig":
         """Raises ValueError for values no run can use, echoing the value."""
-        choices = {"task": TASKS, "mode": ("transfer", "finetune", "scratch"), "balance": ("none", "undersample", "weights"),
-                   "schedule": ("plateau", "cosine", "constant"), "augment": ("none", "moderate", "aggressive"),
-                   "mixed_precision": ("auto", "off", "float16", "bfloat16"), "dedup": ("group", "drop", "keep"),
-                   "multiple_faces": ("skip", "largest")}
+        # Imported here, not at the top: each owner's list is the one source, and `--help` of the
+        # scripts should not wait for TensorFlow to start.
+        from tf_models.data.augment.config import PRESETS
+        from tf_models.data.tables import BALANCE_MODES, DEDUP_MODES
+        from tf_models.models.classifier import MODES
+
+        choices = {"task": TASKS, "mode": MODES, "balance": BALANCE_MODES, "schedule": SCHEDULES,
+                   "augment": tuple(PRESETS), "mixed_precision": MIXED_PRECISION, "dedup": DEDUP_MODES,
+                   "multiple_faces": MULTIPLE_FACE_POLICIES}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}. Received: {name}={getattr(self, name)!r}")
@@ -185,3 +200,18 @@ def _field_comments() -> dict[str, str]:
             name = stripped.split(":", 1)[0].strip()
             comments[name] = stripped.split("#", 1)[1].strip()
     return comments
+
+
+def load_table(config: TrainConfig) -> Any:
+    """The dataset ``config`` describes (an :class:`~tf_models.data.tables.ImageTable`), split and checked."""
+    if config.task == "gender":
+        from tf_models.data.celeba import load_celeba
+
+        return load_celeba(config.data_dir, labels_csv=config.labels_csv, x_col=config.x_col, y_col=config.y_col,
+                           attribute=config.attribute, split=config.split, fractions=config.fractions(),
+                           subset=config.subset, balance=config.balance, dedup=config.dedup, seed=config.seed,
+                           cache_dir=config.cache_dir)
+    from tf_models.data.folders import load_students
+
+    return load_students(config.data_dir, crop=config.crop_settings(), fractions=config.fractions(),
+                         balance=config.balance, dedup=config.dedup, seed=config.seed, cache_dir=config.cache_dir)

@@ -3,7 +3,7 @@
 The same model runs at very different speeds on an AVX2-only CPU, one with AVX-512 VNNI and one
 with AMX (int8 kernels, oneDNN, XLA all dispatch on these flags), so a speed figure or a runtime
 choice is only meaningful together with :func:`cpu_identity`. Benchmarks put it in their headers;
-:mod:`tf_models.serving` keys its cached runtime choice and int8 parity check on it.
+:mod:`tf_models.serve.serving` keys its cached runtime choice and int8 parity check on it.
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -126,3 +127,17 @@ def check_image(path: str | Path) -> tuple[bool, Image.Image]:
         raise ImageReadError(path, f"corrupt or truncated ({err})") from err
     as_is = fmt in TF_DECODABLE_FORMATS and orientation == 1 and mode in ("RGB", "L")
     return as_is, image
+
+
+def resize_images(images: Any, image_size: tuple[int, int]) -> Any:
+    """uint8/float images (one, or a batch) -> float32 0..255 at ``image_size``: THE resize of the suite.
+
+    Training (:mod:`tf_models.data.pipeline`) and serving (:mod:`tf_models.serve.predictor`) both call it, so a face reaches the
+    model exactly as in training. antialias: downscaling large photos without it aliases badly.
+    Values are rounded to whole 8-bit levels, like the pixels of any image file: the training
+    pipeline then carries (and caches) uint8, a quarter of float32's memory traffic and RAM.
+    """
+    import tensorflow as tf  # here, not at the top: reading files needs no TensorFlow
+
+    resized = tf.image.resize(images, tf.constant(image_size, dtype=tf.int32), method="bilinear", antialias=True)
+    return tf.round(tf.clip_by_value(resized, 0.0, 255.0))

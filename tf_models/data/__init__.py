@@ -1,0 +1,1 @@
+"""Data: images on disk -> checked, split tables (CelebA, folder per person) -> tf.data batches."""

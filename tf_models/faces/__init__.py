@@ -1,0 +1,1 @@
+"""Faces: the MTCNN detector and the framing that turns a face box into a model input."""

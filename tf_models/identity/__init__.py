@@ -1,0 +1,1 @@
+"""Identity: a gallery of face embeddings (enrol, match, calibrate) and open-set evaluation."""

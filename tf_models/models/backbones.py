@@ -1,0 +1,213 @@
+"""The backbone registry: one table, one spec per backbone, and the weights resolution.
+
+Every builder has the ``keras.applications`` signature (``include_top``, ``weights``,
+``input_shape``, ...), so the classifier builder treats them all alike. Each spec carries the
+backbone's own ``preprocess_input``; the classifier puts the matching
+:class:`~tf_models.models.preprocessing.ImagePreprocessing` layer inside the model.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import keras
+
+from tf_models.models import alexnet
+
+_KERAS_WEIGHTS = "https://storage.googleapis.com/tensorflow/keras-applications"
+_MOBILENET_V2_ROWS = (96, 128, 160, 192, 224)
+
+
+class WeightsUnavailableError(RuntimeError):
+    """ImageNet weights are neither cached nor downloadable. Never falls back to random weights."""
+
+
+@dataclass(frozen=True)
+class ImagenetWeights:
+    """Where a backbone's no-top ImageNet weights are published, and their hash."""
+
+    url: str  # the file's address; may hold "{rows}" (MobileNetV2 has one file per input size)
+    file_hash: str | None  # Keras's published md5 or sha256 (get_file tells them apart); None where none
+
+    def file_name(self, rows: int) -> str:
+        return self.url.rsplit("/", 1)[1].format(rows=rows)
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """Everything the suite needs to know about one backbone: one registry row."""
+
+    name: str  # registry key, used on the command line
+    source: str  # where the architecture comes from, for the table
+    builder: Callable[..., keras.Model]  # keras.applications-style builder
+    preprocess_input: Callable  # the model's own preprocess_input (numpy reference)
+    preprocessing: str  # mode of the in-model ImagePreprocessing layer: caffe | tf | torch | none
+    default_input: tuple[int, int]  # (height, width) the architecture was designed for
+    min_input: tuple[int, int]  # smallest (height, width) the builder accepts
+    feature_size: int  # channels after global pooling
+    finetune_from: str  # default first trainable layer in finetune mode: the top block
+    imagenet: ImagenetWeights | None  # None: no published ImageNet weights
+
+    def imagenet_file_name(self, input_shape: tuple[int, ...]) -> str:
+        """File name Keras downloads and caches for this backbone's no-top ImageNet weights."""
+        if self.imagenet is None:
+            raise WeightsUnavailableError(
+                f"No ImageNet weights are published for {self.name}. Use weights='none' or a "
+                f"path to a weights file. Received: weights='imagenet'"
+            )
+        return self.imagenet.file_name(input_shape[0] if input_shape[0] in _MOBILENET_V2_ROWS else 224)
+
+    def imagenet_url(self, input_shape: tuple[int, ...]) -> str:
+        assert self.imagenet is not None
+        return self.imagenet.url.rsplit("/", 1)[0] + "/" + self.imagenet_file_name(input_shape)
+
+
+def _keras_notop(path: str, file_hash: str | None) -> ImagenetWeights:
+    """A no-top weights file in the keras-applications bucket."""
+    return ImagenetWeights(f"{_KERAS_WEIGHTS}/{path}", file_hash)
+
+
+def _classic_notop(folder: str, stem: str, md5: str) -> ImagenetWeights:
+    return _keras_notop(f"{folder}/{stem}_weights_tf_dim_ordering_tf_kernels_notop.h5", md5)
+
+
+_apps = keras.applications
+
+
+def _efficientnetv2_b0(*, name: str = "efficientnetv2-b0", **kwargs) -> keras.Model:
+    """EfficientNetV2B0 under any model name (Keras's builder reads its block layout from ``name``)."""
+    model = _apps.EfficientNetV2B0(**kwargs)
+    model.name = name
+    return model
+
+# One row per backbone. Adding one is adding a row: its keras.applications builder, the mode of
+# preprocessing it expects ("none" where the builder normalises inside, as EfficientNetV2 and
+# ConvNeXt do), its sizes, the first layer of its top block, and its weights file.
+BACKBONES: dict[str, BackboneSpec] = {
+    spec.name: spec
+    for spec in (
+        BackboneSpec("vgg16", "keras.applications.vgg16", _apps.VGG16, _apps.vgg16.preprocess_input,
+                     "caffe", (224, 224), (32, 32), 512, "block5_conv1",
+                     _classic_notop("vgg16", "vgg16", "6d6bbae143d832006294945121d1f1fc")),
+        BackboneSpec("vgg19", "keras.applications.vgg19", _apps.VGG19, _apps.vgg19.preprocess_input,
+                     "caffe", (224, 224), (32, 32), 512, "block5_conv1",
+                     _classic_notop("vgg19", "vgg19", "253f8cb515780f3b799900260a226db6")),
+        BackboneSpec("resnet50", "keras.applications.resnet50", _apps.ResNet50,
+                     _apps.resnet50.preprocess_input, "caffe", (224, 224), (32, 32), 2048,
+                     "conv5_block1_1_conv",
+                     _classic_notop("resnet", "resnet50", "4d473c1dd8becc155b73f8504c6f6626")),
+        BackboneSpec("resnet101", "keras.applications.resnet", _apps.ResNet101,
+                     _apps.resnet.preprocess_input, "caffe", (224, 224), (32, 32), 2048,
+                     "conv5_block1_1_conv",
+                     _classic_notop("resnet", "resnet101", "88cf7a10940856eca736dc7b7e228a21")),
+        BackboneSpec("inceptionv3", "keras.applications.inception_v3", _apps.InceptionV3,
+                     _apps.inception_v3.preprocess_input, "tf", (299, 299), (75, 75), 2048, "mixed8",
+                     _classic_notop("inception_v3", "inception_v3", "bcbd6486424b2319ff4ef7d526e38f63")),
+        BackboneSpec("densenet201", "keras.applications.densenet", _apps.DenseNet201,
+                     _apps.densenet.preprocess_input, "torch", (224, 224), (32, 32), 1920,
+                     "conv5_block1_0_bn",
+                     _classic_notop("densenet", "densenet201", "c13680b51ded0fb44dff2d8f86ac8bb1")),
+        BackboneSpec("mobilenetv2", "keras.applications.mobilenet_v2", _apps.MobileNetV2,
+                     _apps.mobilenet_v2.preprocess_input, "tf", (224, 224), (32, 32), 1280,
+                     "block_16_expand",
+                     _keras_notop("mobilenet_v2/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_{rows}_no_top.h5",
+                                  None)),
+        BackboneSpec("efficientnetv2b0", "keras.applications.efficientnet_v2", _efficientnetv2_b0,
+                     _apps.efficientnet_v2.preprocess_input, "none", (224, 224), (32, 32), 1280,
+                     "block6a_expand_conv",
+                     _keras_notop("efficientnet_v2/efficientnetv2-b0_notop.h5", "893217f2bb855e2983157299931e43ff")),
+        BackboneSpec("convnexttiny", "keras.applications.convnext", _apps.ConvNeXtTiny,
+                     _apps.convnext.preprocess_input, "none", (224, 224), (32, 32), 768,
+                     "backbone_downsampling_block_2",  # ConvNeXt prefixes its layers with the model name
+                     _keras_notop("convnext/convnext_tiny_notop.h5",
+                                  "d547c096cabd03329d7be5562c5e14798aa39ed24b474157cef5e85ab9e49ef1")),
+        BackboneSpec("alexnet", "tf_models.models.alexnet (2012 layout)", alexnet.AlexNet,
+                     alexnet.preprocess_input, "torch", (alexnet.DEFAULT_SIZE,) * 2,
+                     (alexnet.MIN_SIZE,) * 2, 256, "conv5", None),
+        BackboneSpec("alexnet_bn", "tf_models.models.alexnet (BatchNorm variant)", alexnet.AlexNetBN,
+                     alexnet.preprocess_input, "torch", (alexnet.DEFAULT_SIZE,) * 2,
+                     (alexnet.MIN_SIZE,) * 2, 256, "conv5", None),
+    )
+}
+
+
+def list_backbones() -> list[str]:
+    """Names of every registered backbone, in table order."""
+    return list(BACKBONES)
+
+
+def get_backbone(name: str) -> BackboneSpec:
+    """Returns the spec for ``name``; an unknown name raises a ValueError listing the valid ones."""
+    # Accept the spellings people type: "ResNet50", "mobilenet_v2", "inception-v3", "alexnet-bn".
+    squashed = {key.replace("_", ""): key for key in BACKBONES}
+    key = re.sub(r"[-_\s]", "", name.lower()) if isinstance(name, str) else None
+    if key in squashed:
+        return BACKBONES[squashed[key]]
+    hint = difflib.get_close_matches(str(name).lower(), BACKBONES, n=1)
+    did_you_mean = f" Did you mean {hint[0]!r}?" if hint else ""
+    raise ValueError(
+        f"Unknown backbone: {name!r}.{did_you_mean} Valid names: {', '.join(BACKBONES)}."
+    )
+
+
+def backbone_table() -> str:
+    """The registry as a plain-text table (what ``train.py --list-backbones`` prints)."""
+    header = ("name", "preprocessing", "default input", "min input", "features", "imagenet", "source")
+    rows = [
+        (
+            spec.name,
+            spec.preprocessing,
+            "x".join(map(str, spec.default_input)),
+            "x".join(map(str, spec.min_input)),
+            str(spec.feature_size),
+            "yes" if spec.imagenet else "no",
+            spec.source,
+        )
+        for spec in BACKBONES.values()
+    ]
+    widths = [max(len(r[i]) for r in (header, *rows)) for i in range(len(header))]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    lines = [fmt.format(*header), fmt.format(*("-" * w for w in widths))]
+    lines += [fmt.format(*row) for row in rows]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def keras_home() -> Path:
+    """The Keras cache folder: ``$KERAS_HOME``, else ``~/.keras`` (``/tmp/.keras`` if home is read-only)."""
+    if os.environ.get("KERAS_HOME"):
+        return Path(os.environ["KERAS_HOME"])
+    home = Path.home()
+    return (home if os.access(home, os.W_OK) else Path("/tmp")) / ".keras"
+
+
+def resolve_imagenet_weights(spec: BackboneSpec, input_shape: tuple[int, ...]) -> Path:
+    """Path of the cached ImageNet weights for ``spec``, downloading them with Keras if needed.
+
+    A file already in ``$KERAS_HOME/models`` is used as is (that is how offline machines get
+    weights). Otherwise Keras's own ``get_file`` downloads and caches it, checking Keras's hash.
+    If that fails, :class:`WeightsUnavailableError` says which file to put where.
+    """
+    file_name = spec.imagenet_file_name(input_shape)
+    cache_dir = keras_home()
+    cached = cache_dir / "models" / file_name
+    if cached.is_file():
+        return cached
+    url = spec.imagenet_url(input_shape)
+    try:
+        path = keras.utils.get_file(
+            file_name, origin=url, cache_subdir="models", cache_dir=str(cache_dir),
+            file_hash=spec.imagenet.file_hash if spec.imagenet else None,
+        )
+    except Exception as err:  # urllib, socket and hash errors all mean the same to the user
+        raise WeightsUnavailableError(
+            f"Could not get the ImageNet weights for {spec.name}: {err}\n"
+            f"Keras expects the file {file_name} in {cache_dir / 'models'} "
+            f"($KERAS_HOME/models). Download it from {url} on a machine with internet access "
+            f"and copy it there, or pass weights='none' to train from random weights."
+        ) from err
+    return Path(path)

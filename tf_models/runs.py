@@ -1,0 +1,164 @@
+"""The run folder: what training writes and everything else reads. Its file names live here only.
+
+A run folder holds everything needed to use, judge and repeat a run::
+
+    config.yaml            the resolved TrainConfig (scripts/train.py --config takes it back)
+    class_names.json       label index -> class name
+    crop.json              identity runs: how faces were found and cut out (CropSettings)
+    model.keras            the trained classifier (preprocessing inside)
+    backbone.weights.h5    the trained headless backbone: --weights for another task
+    history.csv, metrics.json, data_report.{json,md}, plots, tensorboard/, backup/
+    exports/               serving files made from model.keras (see tf_models.serve)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from tf_models.config import TrainConfig
+from tf_models.faces.crop import CropSettings
+
+CONFIG_FILE = "config.yaml"
+CLASS_NAMES_FILE = "class_names.json"
+CROP_FILE = "crop.json"
+MODEL_FILE = "model.keras"
+BACKBONE_WEIGHTS_FILE = "backbone.weights.h5"
+HISTORY_FILE = "history.csv"
+DATA_REPORT_STEM = "data_report"  # .json and .md, written by DataReport.save
+METRICS_FILE = "metrics.json"
+EXPORTS_DIR = "exports"
+# What a finished run must hold for anything to serve or judge it.
+REQUIRED_FILES = (CONFIG_FILE, CLASS_NAMES_FILE, MODEL_FILE)
+
+
+@dataclass(frozen=True)
+class RunFiles:
+    """What a run folder says about its model (everything but the weights)."""
+
+    run_dir: Path
+    config: TrainConfig
+    class_names: list[str]
+    crop: CropSettings | None  # identity runs: how training cut faces out; None: gender (CelebA framing)
+
+    @property
+    def model_path(self) -> Path:
+        return self.run_dir / MODEL_FILE
+
+    @property
+    def exports_dir(self) -> Path:
+        return self.run_dir / EXPORTS_DIR
+
+
+# ---- writing (training) --------------------------------------------------------------------------
+
+
+def write_run_start(run_dir: Path, config: TrainConfig, class_names: list[str], crop: CropSettings | None) -> None:
+    """What a run folder holds from its first epoch on: config, class names and (identity) the crop."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config.save(run_dir / CONFIG_FILE)
+    write_class_names(run_dir, class_names)
+    if crop is not None:
+        write_crop_settings(run_dir, crop)
+
+
+def write_class_names(folder: Path, class_names: list[str]) -> None:
+    (folder / CLASS_NAMES_FILE).write_text(json.dumps(list(class_names), ensure_ascii=False, indent=1),
+                                           encoding="utf-8")
+
+
+def write_crop_settings(folder: Path, crop: CropSettings) -> None:
+    (folder / CROP_FILE).write_text(json.dumps(asdict(crop)), encoding="utf-8")
+
+
+def write_metrics(run_dir: Path, metrics: dict[str, Any]) -> None:
+    (run_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2, ensure_ascii=False), encoding="utf-8")
+
+
+# ---- reading -------------------------------------------------------------------------------------
+
+
+def read_crop_settings(path: Path) -> CropSettings:
+    """``crop.json`` (``dataclasses.asdict`` of CropSettings) back to CropSettings."""
+    values = json.loads(Path(path).read_text(encoding="utf-8"))
+    values["size"] = tuple(int(v) for v in values["size"])
+    return CropSettings(**values)
+
+
+def read_class_names(path: Path) -> list[str]:
+    names = json.loads(Path(path).read_text(encoding="utf-8"))
+    if not isinstance(names, list) or len(names) < 2 or not all(isinstance(n, str) for n in names):
+        raise ValueError(f"{path} must hold a JSON list of at least 2 class names. Received: {names!r}")
+    return names
+
+
+def read_metrics(run_dir: str | Path) -> dict[str, Any] | None:
+    """``metrics.json`` of a finished run, or None while it is missing (not finished, or crashed)."""
+    path = Path(run_dir) / METRICS_FILE
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def read_data_report(run_dir: str | Path) -> dict[str, Any]:
+    """``data_report.json``: what the run's data loader kept, dropped and why, and the split counts."""
+    return json.loads((Path(run_dir) / f"{DATA_REPORT_STEM}.json").read_text(encoding="utf-8"))
+
+
+def read_run(run_dir: str | Path) -> RunFiles:
+    """Reads config, class names and crop settings of a finished run folder; checks ``model.keras``."""
+    run_dir = Path(run_dir).expanduser()
+    missing = [name for name in REQUIRED_FILES if not (run_dir / name).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"{run_dir} is not a finished run folder (missing {', '.join(missing)}). Pass the --out folder of "
+            f"scripts/train.py. Received: run_dir={str(run_dir)!r}"
+        )
+    config = TrainConfig.load(run_dir / CONFIG_FILE)
+    crop_path = run_dir / CROP_FILE
+    crop = read_crop_settings(crop_path) if crop_path.is_file() else None
+    return RunFiles(run_dir, config, read_class_names(run_dir / CLASS_NAMES_FILE), crop)
+
+
+def load_run_model(run_dir: str | Path) -> Any:
+    """The run's ``model.keras`` (a ``keras.Model``), loaded with ``safe_mode=True``: no code from the file."""
+    import keras
+
+    import tf_models.models  # noqa: F401  registers the custom layers and losses the file names
+
+    return keras.saving.load_model(read_run(run_dir).model_path, safe_mode=True, compile=False)
+
+
+def file_sha1(path: Path) -> str:
+    """Content hash of a file: what cached exports and choices are keyed on."""
+    digest = hashlib.sha1()
+    with Path(path).open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+__all__ = [
+    "BACKBONE_WEIGHTS_FILE",
+    "CLASS_NAMES_FILE",
+    "CONFIG_FILE",
+    "CROP_FILE",
+    "EXPORTS_DIR",
+    "DATA_REPORT_STEM",
+    "HISTORY_FILE",
+    "METRICS_FILE",
+    "MODEL_FILE",
+    "RunFiles",
+    "file_sha1",
+    "load_run_model",
+    "read_class_names",
+    "read_crop_settings",
+    "read_data_report",
+    "read_metrics",
+    "read_run",
+    "write_class_names",
+    "write_crop_settings",
+    "write_metrics",
+    "write_run_start",
+]

@@ -1,0 +1,1 @@
+"""Serving: runtimes, exports, the runtime served on this machine, and the Predictor."""

@@ -1,0 +1,1 @@
+"""Training: a run end to end, metrics and plots, comparison tables, cross-validation."""
