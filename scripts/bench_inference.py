@@ -48,7 +48,7 @@ CALIBRATION_FACES = 32  # onnx-int8 activation ranges; timing does not depend on
 TARGET_RATIO = 5.0  # the served path must be at least this many times faster than model.predict
 PACKAGES = ("tensorflow", "keras", "numpy", "onnxruntime", "tf2onnx", "onnx", "ai-edge-litert")
 COLUMNS = ("backbone", "input", "params", "keras_mb", "runtime", "file_mb", "p50_ms", "p90_ms",
-           "batch", "images_per_s", "speedup", "served")
+           "batch", "images_per_s", "speedup", "served", "note")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -95,10 +95,14 @@ def bench_backbone(name: str, runtimes: list[str], batch: int, repeats: int, bat
     model.save(folder / MODEL_FILE)
     keras_mb = (folder / MODEL_FILE).stat().st_size / 2**20
     representative = calibration_faces(spec.default_input) if "onnx-int8" in runtimes else None
-    engines = {}
+    engines, failed = {}, {}
     for runtime in runtimes:  # each exported runtime in its own folder: two ONNX files must not collide
         (folder / runtime).mkdir(exist_ok=True)
-        engines[runtime] = make_runtime(runtime, serving, folder / runtime, representative=representative)
+        try:
+            engines[runtime] = make_runtime(runtime, serving, folder / runtime, representative=representative)
+        except Exception as err:  # noqa: BLE001  a converter that cannot take this model: reported, not fatal
+            failed[runtime] = f"{type(err).__name__}: {str(err).splitlines()[0][:160]}"
+            tqdm.write(f"{name}/{runtime}: could not be built ({failed[runtime]})")
     rng = np.random.default_rng(0)
     one = rng.uniform(0, 255, (1, *spec.default_input, 3)).astype(np.float32)
     many = rng.uniform(0, 255, (batch, *spec.default_input, 3)).astype(np.float32)
@@ -106,7 +110,7 @@ def bench_backbone(name: str, runtimes: list[str], batch: int, repeats: int, bat
     for engine in engines.values():  # the batch path warms up too (ONNX Runtime plans per shape)
         engine(many)
     single = time_runtimes(engines, one, warmup=WARMUP, repeats=repeats)  # what the served choice uses
-    batched: dict[str, list[float]] = {r: [] for r in runtimes}
+    batched: dict[str, list[float]] = {r: [] for r in engines}
     for _ in range(batch_repeats):
         for runtime, engine in engines.items():
             start = time.perf_counter()
@@ -114,9 +118,12 @@ def bench_backbone(name: str, runtimes: list[str], batch: int, repeats: int, bat
             batched[runtime].append(time.perf_counter() - start)
 
     baseline = statistics.median(single["keras-predict"]) if "keras-predict" in single else None
-    served = fastest({r: statistics.median(single[r]) for r in runtimes if r in CANDIDATE_RUNTIMES})
-    rows = []
-    for runtime in runtimes:
+    served = fastest({r: statistics.median(single[r]) for r in engines if r in CANDIDATE_RUNTIMES})
+    rows = [{"backbone": name, "input": "x".join(map(str, spec.default_input)), "params": int(model.count_params()),
+             "keras_mb": round(keras_mb, 1), "runtime": runtime, "file_mb": "", "p50_ms": "", "p90_ms": "",
+             "batch": batch, "images_per_s": "", "speedup": "", "served": False, "note": note}
+            for runtime, note in failed.items()]
+    for runtime in engines:
         exported = EXPORTED_RUNTIMES.get(runtime)
         file_path = folder / runtime / MODEL_FILES[exported[0]] if exported else folder / MODEL_FILE
         p50 = statistics.median(single[runtime])
@@ -126,9 +133,9 @@ def bench_backbone(name: str, runtimes: list[str], batch: int, repeats: int, bat
             "file_mb": round(file_path.stat().st_size / 2**20, 1), "p50_ms": round(p50, 2),
             "p90_ms": round(percentiles(single[runtime])["p90_ms"], 2), "batch": batch,
             "images_per_s": round(batch / statistics.median(batched[runtime]), 1),
-            "speedup": round(baseline / p50, 2) if baseline else "", "served": runtime == served,
+            "speedup": round(baseline / p50, 2) if baseline else "", "served": runtime == served, "note": "",
         })
-    return rows
+    return sorted(rows, key=lambda row: runtimes.index(row["runtime"]))
 
 
 def write_markdown(rows: list[dict], info: dict[str, str], args: argparse.Namespace,
@@ -152,7 +159,7 @@ def write_markdown(rows: list[dict], info: dict[str, str], args: argparse.Namesp
     for backbone in args.backbones:
         group = {r["runtime"]: r for r in rows if r["backbone"] == backbone}
         first = next(iter(group.values()))
-        cells = [f"{group[r]['p50_ms']:.1f}" for r in runtimes]
+        cells = [f"{group[r]['p50_ms']:.1f}" if group[r]["p50_ms"] != "" else "n/a" for r in runtimes]
         served = next((r for r in group.values() if r["served"]), {})
         lines.append(f"| {backbone} | {first['input']} | {first['params']:,} | {first['keras_mb']} | "
                      + " | ".join(cells) + f" | {served.get('runtime', '')} | {served.get('speedup', '')}x |")
@@ -172,8 +179,8 @@ def plot(rows: list[dict], args: argparse.Namespace, path: Path) -> None:
     x = np.arange(len(args.backbones))
     for k, runtime in enumerate(args.runtimes):
         by = {r["backbone"]: r for r in rows if r["runtime"] == runtime}
-        left.bar(x + k * width, [by[b]["p50_ms"] for b in args.backbones], width, label=runtime)
-        right.bar(x + k * width, [by[b]["images_per_s"] for b in args.backbones], width, label=runtime)
+        left.bar(x + k * width, [by[b]["p50_ms"] or 0 for b in args.backbones], width, label=runtime)  # 0: n/a
+        right.bar(x + k * width, [by[b]["images_per_s"] or 0 for b in args.backbones], width, label=runtime)
     for axis, title in ((left, "single image, p50 latency (ms, log)"), (right, f"batch {args.batch}, images/s")):
         axis.set_xticks(x + width * (len(args.runtimes) - 1) / 2, args.backbones, rotation=35, ha="right")
         axis.set_title(title)
@@ -191,7 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench_inference_") as tmp:
         for name in tqdm(args.backbones, desc="backbones", unit="backbone"):
             rows += bench_backbone(name, args.runtimes, args.batch, args.repeats, args.batch_repeats, Path(tmp))
-            tqdm.write(" ".join(f"{r['backbone']}/{r['runtime']} {r['p50_ms']:.1f} ms" for r in rows[-len(args.runtimes):]))
+            tqdm.write(" ".join(f"{r['backbone']}/{r['runtime']} {r['p50_ms'] or 'n/a'} ms"
+                                for r in rows[-len(args.runtimes):]))
 
     args.out.mkdir(parents=True, exist_ok=True)
     with (args.out / "bench_inference.csv").open("w", newline="", encoding="utf-8") as handle:

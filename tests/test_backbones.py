@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import subprocess
 import sys
 
@@ -24,8 +25,9 @@ KERAS_PREPROCESS = {
     "inceptionv3": keras.applications.inception_v3.preprocess_input,
     "densenet201": keras.applications.densenet.preprocess_input,
     "mobilenetv2": keras.applications.mobilenet_v2.preprocess_input,
-    "efficientnetv2b0": keras.applications.efficientnet_v2.preprocess_input,
-    "convnexttiny": keras.applications.convnext.preprocess_input,
+    # Built without their internal Normalization layer (ONNX cannot freeze it): ImageNet mean/std instead.
+    "efficientnetv2b0": functools.partial(keras.applications.imagenet_utils.preprocess_input, mode="torch"),
+    "convnexttiny": functools.partial(keras.applications.imagenet_utils.preprocess_input, mode="torch"),
     "alexnet": alexnet.preprocess_input,
     "alexnet_bn": alexnet.preprocess_input,
 }
@@ -33,7 +35,7 @@ EXPECTED_MODE = {
     "vgg16": "caffe", "vgg19": "caffe", "resnet50": "caffe", "resnet101": "caffe",
     "inceptionv3": "tf", "mobilenetv2": "tf", "densenet201": "torch",
     "alexnet": "torch", "alexnet_bn": "torch",
-    "efficientnetv2b0": "none", "convnexttiny": "none",  # they normalise inside themselves
+    "efficientnetv2b0": "torch", "convnexttiny": "torch",
 }
 
 
@@ -47,7 +49,8 @@ def test_registry_holds_the_required_backbones_and_the_newer_ones():
 @pytest.mark.parametrize("name", ALL_BACKBONES)
 def test_spec_preprocessing_is_the_modules_own(name):
     spec = get_backbone(name)
-    assert spec.preprocess_input is KERAS_PREPROCESS[name]
+    batch = np.random.default_rng(0).uniform(0, 255, (2, 4, 4, 3)).astype("float32")
+    np.testing.assert_allclose(spec.preprocess_input(batch.copy()), KERAS_PREPROCESS[name](batch.copy()), rtol=1e-6)
     assert spec.preprocessing == EXPECTED_MODE[name]
 
 
@@ -78,14 +81,8 @@ def test_builtin_preprocessing_matches_keras_preprocess_input(name):
     inside_model = keras.ops.convert_to_numpy(model.get_layer(PREPROCESS_LAYER)(batch))
     reference = np.asarray(KERAS_PREPROCESS[name](batch.copy()))
     np.testing.assert_allclose(inside_model, reference, rtol=1e-5, atol=1e-4)
-    # The convolutions must not see raw 0..255: our layer transforms it, or (mode "none") the
-    # backbone's own first layers do.
-    if get_backbone(name).preprocessing == "none":
-        own = [layer for layer in model.get_layer("backbone").layers[:4]
-               if isinstance(layer, (keras.layers.Rescaling, keras.layers.Normalization))]
-        assert own, f"{name} passes raw pixels through but has no normalisation of its own"
-    else:
-        assert not np.allclose(inside_model, batch)
+    # The model must not see what it was given: raw 0..255 is transformed, not passed through.
+    assert not np.allclose(inside_model, batch)
 
 
 def test_alexnet_preprocess_input_is_imagenet_standardisation():
@@ -126,3 +123,11 @@ def test_list_backbones_cli_names_every_backbone():
     assert listed == ALL_BACKBONES
     for required in ("vgg16", "vgg19", "resnet50", "resnet101", "inceptionv3", "densenet201", "mobilenetv2", "alexnet"):
         assert required in listed
+
+
+def test_pass_through_mode_leaves_pixels_as_they_are():
+    """Mode "none": for a backbone that must keep normalising inside itself."""
+    from tf_models.models.preprocessing import ImagePreprocessing
+
+    batch = np.random.default_rng(2).uniform(0, 255, (2, 5, 5, 3)).astype("float32")
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(ImagePreprocessing("none")(batch)), batch)

@@ -9,6 +9,7 @@ backbone's own ``preprocess_input``; the classifier puts the matching
 from __future__ import annotations
 
 import difflib
+import functools
 import os
 import re
 from dataclasses import dataclass
@@ -79,15 +80,26 @@ def _classic_notop(folder: str, stem: str, md5: str) -> ImagenetWeights:
 _apps = keras.applications
 
 
+# EfficientNetV2 and ConvNeXt normalise inside themselves (ImageNet mean and std, "torch" style) with a
+# Normalization layer whose constants ONNX conversion cannot freeze. They are built without it and our
+# ImagePreprocessing layer does the same arithmetic; their ImageNet weight files hold no weights for
+# those layers, so they load alike.
+_torch_preprocess_input = functools.partial(_apps.imagenet_utils.preprocess_input, mode="torch")
+
+
 def _efficientnetv2_b0(*, name: str = "efficientnetv2-b0", **kwargs) -> keras.Model:
     """EfficientNetV2B0 under any model name (Keras's builder reads its block layout from ``name``)."""
-    model = _apps.EfficientNetV2B0(**kwargs)
+    model = _apps.EfficientNetV2B0(include_preprocessing=False, **kwargs)
     model.name = name
     return model
 
+
+def _convnext_tiny(**kwargs) -> keras.Model:
+    return _apps.ConvNeXtTiny(include_preprocessing=False, **kwargs)
+
 # One row per backbone. Adding one is adding a row: its keras.applications builder, the mode of
-# preprocessing it expects ("none" where the builder normalises inside, as EfficientNetV2 and
-# ConvNeXt do), its sizes, the first layer of its top block, and its weights file.
+# preprocessing it expects ("none" where a builder must keep normalising inside itself), its sizes,
+# the first layer of its top block, and its weights file.
 BACKBONES: dict[str, BackboneSpec] = {
     spec.name: spec
     for spec in (
@@ -118,11 +130,11 @@ BACKBONES: dict[str, BackboneSpec] = {
                      _keras_notop("mobilenet_v2/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_{rows}_no_top.h5",
                                   None)),
         BackboneSpec("efficientnetv2b0", "keras.applications.efficientnet_v2", _efficientnetv2_b0,
-                     _apps.efficientnet_v2.preprocess_input, "none", (224, 224), (32, 32), 1280,
+                     _torch_preprocess_input, "torch", (224, 224), (32, 32), 1280,
                      "block6a_expand_conv",
                      _keras_notop("efficientnet_v2/efficientnetv2-b0_notop.h5", "893217f2bb855e2983157299931e43ff")),
-        BackboneSpec("convnexttiny", "keras.applications.convnext", _apps.ConvNeXtTiny,
-                     _apps.convnext.preprocess_input, "none", (224, 224), (32, 32), 768,
+        BackboneSpec("convnexttiny", "keras.applications.convnext", _convnext_tiny,
+                     _torch_preprocess_input, "torch", (224, 224), (32, 32), 768,
                      "backbone_downsampling_block_2",  # ConvNeXt prefixes its layers with the model name
                      _keras_notop("convnext/convnext_tiny_notop.h5",
                                   "d547c096cabd03329d7be5562c5e14798aa39ed24b474157cef5e85ab9e49ef1")),
