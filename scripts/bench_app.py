@@ -139,14 +139,10 @@ def in_process_ms(args: argparse.Namespace, photo: Path, repeats: int) -> tuple[
     return times, f"gender {service.gender.runtime.name}, identity {service.identity.runtime.name}"
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def time_requests(args: argparse.Namespace, photo: Path, work: Path) -> tuple[list[dict], list[float], set[str]]:
+    """Starts the app and sends ``photo`` over plain HTTP and through gradio_client, alternately:
+    (HTTP phases per request, gradio_client milliseconds per request, the answers seen)."""
     from gradio_client import handle_file
-
-    machine = machine_info(("tensorflow", "keras", "gradio", "gradio_client", "onnxruntime"))
-    work = Path(tempfile.mkdtemp(prefix="bench_app_"))
-    photo = work / "one_face_1280x960.jpg"
-    Image.open(args.photo).convert("RGB").resize(PHOTO_SIZE, Image.Resampling.LANCZOS).save(photo, quality=95)
 
     port = free_port()
     log = work / "app.log"
@@ -168,6 +164,17 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         process.terminate()
         process.wait(timeout=60)
+    return http_phases, with_client, answers
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    machine = machine_info(("tensorflow", "keras", "gradio", "gradio_client", "onnxruntime"))
+    work = Path(tempfile.mkdtemp(prefix="bench_app_"))
+    photo = work / "one_face_1280x960.jpg"
+    Image.open(args.photo).convert("RGB").resize(PHOTO_SIZE, Image.Resampling.LANCZOS).save(photo, quality=95)
+
+    http_phases, with_client, answers = time_requests(args, photo, work)
     compute, runtime = in_process_ms(args, photo, args.repeats)
 
     phases = pd.DataFrame(http_phases)

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from conftest import CELEBA_SAMPLE, REPO_ROOT, STUDENTS_SAMPLE, train_tiny_run
 from PIL import Image
@@ -339,3 +340,20 @@ def test_answer_image_is_display_sized_with_boxes_where_the_faces_are():
     assert tuple(pixels[round(400 * scale), round(300 * scale)]) == (255, 255, 255)  # outside it
     small = draw_faces(np.zeros((300, 400, 3), np.uint8), [])
     assert small.size == (400, 300)
+
+
+@pytest.mark.slow
+def test_bench_app_times_plain_http_and_gradio_client_and_writes_the_table(runs, tmp_path, capsys):
+    """scripts/bench_app.py end to end on the tiny runs: the HTTP phases add up and the table is written."""
+    from scripts.bench_app import main
+
+    gender, identity = runs
+    assert main(["--gender-run", str(gender), "--identity-run", str(identity), "--runtime", "compiled",
+                 "--state-dir", str(tmp_path / "state"), "--repeats", "2", "--warmup", "1",
+                 "--out", str(tmp_path / "out")]) == 0
+    table = pd.read_csv(tmp_path / "out" / "bench_app.csv")
+    assert len(table) == 2 and (table["end_to_end_ms"] >= table["call_ms"]).all()
+    assert (table["upload_ms"] + table["call_ms"] + table["download_ms"] <= table["end_to_end_ms"] + 1).all()
+    markdown = (tmp_path / "out" / "bench_app.md").read_text(encoding="utf-8")
+    assert "| cpu flags (speed-relevant) |" in markdown and "end to end over HTTP" in markdown
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("app end-to-end 1280x960 one face on ")
