@@ -118,7 +118,8 @@ def bench_backbone(name: str, runtimes: list[str], batch: int, repeats: int, bat
             batched[runtime].append(time.perf_counter() - start)
 
     baseline = statistics.median(single["keras-predict"]) if "keras-predict" in single else None
-    served = fastest({r: statistics.median(single[r]) for r in engines if r in CANDIDATE_RUNTIMES})
+    candidates = {r: statistics.median(single[r]) for r in engines if r in CANDIDATE_RUNTIMES}
+    served = fastest(candidates) if candidates else None  # e.g. --runtimes keras-predict alone
     rows = [{"backbone": name, "input": "x".join(map(str, spec.default_input)), "params": int(model.count_params()),
              "keras_mb": round(keras_mb, 1), "runtime": runtime, "file_mb": "", "p50_ms": "", "p90_ms": "",
              "batch": batch, "images_per_s": "", "speedup": "", "served": False, "note": note}

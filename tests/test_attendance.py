@@ -119,7 +119,7 @@ def _process_worker(path: str, worker: int, count: int) -> None:
 def test_processes_lose_and_double_nothing(tmp_path):
     path = str(tmp_path / "a.sqlite")
     AttendanceLog(path)
-    # fork: the children need no re-import of TensorFlow (tf_models/__init__ loads it); spawn elsewhere.
+    # fork: the children inherit the parent's imports (the test session has TensorFlow loaded); spawn elsewhere.
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # "multi-threaded process ... fork()": children only use sqlite3

@@ -225,7 +225,9 @@ def test_export_script_writes_a_servable_folder(gender_run, tmp_path, capsys):
     assert predictor.class_names == ["Female", "Male"] and predictor.crop is None
 
 
-def test_read_only_run_folder_converts_into_a_temporary_folder(gender_run, tmp_path, monkeypatch):
+@pytest.mark.parametrize("error", [PermissionError(13, "Permission denied"), OSError(30, "Read-only file system")],
+                         ids=["permission", "read-only-mount"])
+def test_read_only_run_folder_converts_into_a_temporary_folder(gender_run, tmp_path, monkeypatch, error):
     """Shared results can be read-only: the conversion goes elsewhere and the run still serves."""
     import shutil
 
@@ -237,7 +239,7 @@ def test_read_only_run_folder_converts_into_a_temporary_folder(gender_run, tmp_p
 
     def export_outside_run_only(model, fmt, path, **kwargs):
         if Path(path).is_relative_to(run):  # what writing into a read-only folder raises
-            raise PermissionError(13, "Permission denied", str(path))
+            raise type(error)(error.errno, error.strerror, str(path))
         return real_export(model, fmt, path, **kwargs)
 
     monkeypatch.setattr(serving, "export_keras", export_outside_run_only)
@@ -246,3 +248,31 @@ def test_read_only_run_folder_converts_into_a_temporary_folder(gender_run, tmp_p
     assert not (run / "exports" / "onnx-serving" / "model.onnx").exists()
     images = np.random.default_rng(0).uniform(0, 255, (2, 72, 72, 3)).astype(np.float32)
     assert predictor.predict_crops(images)[0].shape == (2, 2)
+
+
+def test_int8_export_of_another_recipe_is_made_again(gender_run):
+    """An int8 file quantised before 7-bit weights (its stamp names only the model) is replaced."""
+    from tf_models.serve.serving import INT8_RECIPE, STAMP_FILE
+
+    Predictor.from_run(gender_run, runtime="onnx-int8")
+    folder = gender_run / "exports" / "onnx-int8-serving"
+    stamp = folder / STAMP_FILE
+    stamp.write_text(stamp.read_text().splitlines()[0])  # what the 8-bit recipe wrote
+    before = (folder / "model.onnx").stat().st_mtime_ns
+    Predictor.from_run(gender_run, runtime="onnx-int8")
+    assert (folder / "model.onnx").stat().st_mtime_ns != before
+    assert stamp.read_text().splitlines()[1] == INT8_RECIPE
+
+
+def test_a_cached_choice_that_no_longer_builds_is_measured_again(gender_run):
+    """A damaged export behind a cached choice warns and measures again instead of failing to start."""
+    Predictor.from_run(gender_run)
+    choice_path = gender_run / "exports" / CHOICE_FILE
+    choice = json.loads(choice_path.read_text())
+    choice_path.write_text(json.dumps({**choice, "runtime": "onnx"}))
+    (gender_run / "exports" / "onnx-serving" / "model.onnx").write_bytes(b"not a model")  # stamp still fresh
+    with pytest.warns(UserWarning, match="cached runtime choice"):
+        predictor = Predictor.from_run(gender_run)
+    assert predictor.runtime.name != "onnx"
+    assert json.loads(choice_path.read_text())["runtime"] == predictor.runtime.name
+    (gender_run / "exports" / "onnx-serving" / "source_model.sha1").unlink()  # let later tests rebuild it

@@ -56,10 +56,14 @@ class RunFiles:
 # ---- writing (training) --------------------------------------------------------------------------
 
 
-def write_run_start(run_dir: Path, config: TrainConfig, class_names: list[str], crop: CropSettings | None) -> None:
-    """What a run folder holds from its first epoch on: config, class names and (identity) the crop."""
+def write_config(run_dir: Path, config: TrainConfig) -> None:
+    """The run's resolved config, written first: even a run that fails loading its data can be repeated."""
     run_dir.mkdir(parents=True, exist_ok=True)
     config.save(run_dir / CONFIG_FILE)
+
+
+def write_run_start(run_dir: Path, class_names: list[str], crop: CropSettings | None) -> None:
+    """What a run folder holds from its first epoch on, next to the config: class names and (identity) the crop."""
     write_class_names(run_dir, class_names)
     if crop is not None:
         write_crop_settings(run_dir, crop)
@@ -160,5 +164,6 @@ __all__ = [
     "write_class_names",
     "write_crop_settings",
     "write_metrics",
+    "write_config",
     "write_run_start",
 ]

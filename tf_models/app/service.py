@@ -43,7 +43,7 @@ from tf_models.app.rendering import (  # noqa: F401  TABLE_COLUMNS, UNCERTAIN: r
     FaceResult,
     draw_faces,
 )
-from tf_models.runs import file_sha1, load_run_model, read_run
+from tf_models.runs import MODEL_FILE, file_sha1, load_run_model, read_run
 from tf_models.identity.embedding import build_gallery_from_table
 from tf_models.identity.gallery import GALLERY_JSON, IdentityGallery
 from tf_models.images import ImageReadError
@@ -122,7 +122,7 @@ def gallery_folder(state_dir: str | Path, identity_run: str | Path) -> Path:
     """Where the gallery of this identity model lives: one folder per model file (a retrained model
     has other embeddings, so it gets a fresh gallery instead of comparing with stale ones)."""
     run_dir = Path(identity_run)
-    return Path(state_dir) / "gallery" / f"{run_dir.name}-{file_sha1(run_dir / 'model.keras')[:12]}"
+    return Path(state_dir) / "gallery" / f"{run_dir.name}-{file_sha1(run_dir / MODEL_FILE)[:12]}"
 
 
 def load_or_build_gallery(identity_run: str | Path, state_dir: str | Path, target_far: float = 0.01,

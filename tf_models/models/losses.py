@@ -1,4 +1,4 @@
-"""Losses saved inside run models; imported by ``tf_models`` so ``load_model`` finds them."""
+"""Losses saved inside run models; imported by ``tf_models.models`` (and so by ``load_run_model``) so ``load_model`` finds them."""
 
 from __future__ import annotations
 

@@ -9,7 +9,8 @@ The modes match ``keras.applications.imagenet_utils.preprocess_input`` operation
 - ``caffe``: RGB -> BGR, then subtract the ImageNet BGR mean (VGG, ResNet).
 - ``tf``: scale to -1..1 (Inception, MobileNet).
 - ``torch``: scale to 0..1, subtract the ImageNet RGB mean, divide by its std (DenseNet, AlexNet).
-- ``none``: pass-through, for backbones that normalise inside themselves (EfficientNetV2, ConvNeXt).
+- ``none``: pass-through, for a backbone that has to keep normalising inside itself (none of the
+  registry's do: EfficientNetV2 and ConvNeXt are built without their own normalisation, ``torch`` here).
 """
 
 from __future__ import annotations

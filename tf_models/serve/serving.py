@@ -16,7 +16,10 @@ Exports are made once and cached in ``RUN_DIR/exports/<runtime>-serving/`` (re-m
 
 from __future__ import annotations
 
+import atexit
+import errno
 import json
+import shutil
 import statistics
 import tempfile
 import time
@@ -53,6 +56,10 @@ _RUNTIME_PACKAGES = {"onnx-int8": ("onnxruntime", "tf2onnx"), "onnx": ("onnxrunt
 # tie) can miss it; they are then served in float32.
 INT8_MIN_AGREEMENT = 0.99
 PARITY_FILE = "parity.json"
+STAMP_FILE = "source_model.sha1"
+# Written into the stamp of a quantised export: an int8 file made by another recipe (8-bit weights,
+# which saturate on AVX2-only CPUs) is made again, even for the same model.keras.
+INT8_RECIPE = "onnx-int8: static QDQ, per-channel 7-bit weights, uint8 activations"
 CHOICE_FILE = "runtime_choice.json"
 TIMING_WARMUP = 3
 TIMING_REPEATS = 15
@@ -87,7 +94,7 @@ def make_runtime(runtime: str, model: keras.Model, workdir: str | Path | None = 
     if runtime == "keras-predict":
         return KerasPredictRuntime(serving)
     fmt, quantize = EXPORTED_RUNTIMES[runtime]
-    folder = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="tf_models_export_"))
+    folder = Path(workdir) if workdir else _scratch_folder()
     path = export_keras(serving, fmt, folder / MODEL_FILES[fmt], quantize=quantize, representative=representative)
     return file_runtime(runtime, path)
 
@@ -145,12 +152,13 @@ def _chosen_runtime(run: RunFiles, model: keras.Model) -> Runtime:
     key = {"cpu": cpu_identity(), "source_model_sha1": file_sha1(run.model_path),
            "candidates": installed_runtimes()}
     choice_path = run.exports_dir / CHOICE_FILE
-    saved = _read_json(choice_path)
-    if saved is not None and all(saved.get(k) == v for k, v in key.items()):
+    saved = _read_json(choice_path) or {}
+    if saved.get("runtime") in key["candidates"] and all(saved.get(k) == v for k, v in key.items()):
         try:
             return _build(run, model, saved["runtime"])
-        except Int8ParityError:  # the parity file changed since; measure again below
-            pass
+        except Exception as err:  # noqa: BLE001  parity lost, a damaged export...: measure again, say why
+            warnings.warn(f"The cached runtime choice of {run.run_dir} ({saved['runtime']}) failed: "
+                          f"{type(err).__name__}: {err}. Measuring again.", stacklevel=3)
     engines, excluded = _build_candidates(run, model, key["candidates"])
     size = tuple(int(v) for v in model.input_shape[1:3])
     face = calibration_inputs(run, size, limit=1)  # one real framed face: what a request carries
@@ -203,15 +211,17 @@ def _exported_runtime(run: RunFiles, runtime: str, model: keras.Model) -> Runtim
     parity check on this CPU; :class:`Int8ParityError` otherwise.
     """
     fmt, quantize = EXPORTED_RUNTIMES[runtime]
-    sha1 = file_sha1(run.model_path)
+    stamp_text = file_sha1(run.model_path) + (f"\n{INT8_RECIPE}" if quantize else "")
     folder = run.exports_dir / f"{runtime}-serving"
-    path, stamp = folder / MODEL_FILES[fmt], folder / "source_model.sha1"
-    if not (path.is_file() and stamp.is_file() and stamp.read_text().strip() == sha1):
+    path, stamp = folder / MODEL_FILES[fmt], folder / STAMP_FILE
+    if not (path.is_file() and stamp.is_file() and stamp.read_text().strip() == stamp_text):
         try:
-            _write_serving_files(run, runtime, model, folder, sha1)
-        except PermissionError:  # a read-only run folder (shared results)
-            folder = Path(tempfile.mkdtemp(prefix="tf_models_export_"))
-            _write_serving_files(run, runtime, model, folder, sha1)
+            _write_serving_files(run, runtime, model, folder, stamp_text)
+        except OSError as err:
+            if err.errno not in _READ_ONLY_ERRORS:
+                raise
+            folder = _scratch_folder()  # a read-only run folder (shared results, a read-only mount)
+            _write_serving_files(run, runtime, model, folder, stamp_text)
         path = folder / path.name
     engine = file_runtime(runtime, path)
     if quantize:
@@ -241,7 +251,17 @@ def _parity_on_this_cpu(run: RunFiles, model: keras.Model, engine: Runtime, fold
     return parity
 
 
-def _write_serving_files(run: RunFiles, runtime: str, model: keras.Model, folder: Path, sha1: str) -> None:
+_READ_ONLY_ERRORS = (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+def _scratch_folder() -> Path:
+    """A temporary folder removed when the process ends (exports of a run folder we cannot write)."""
+    folder = Path(tempfile.mkdtemp(prefix="tf_models_export_"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
+
+
+def _write_serving_files(run: RunFiles, runtime: str, model: keras.Model, folder: Path, stamp_text: str) -> None:
     """The model file (int8: calibrated on the run's faces), then the stamp naming its ``model.keras``."""
     fmt, quantize = EXPORTED_RUNTIMES[runtime]
     folder.mkdir(parents=True, exist_ok=True)
@@ -254,7 +274,7 @@ def _write_serving_files(run: RunFiles, runtime: str, model: keras.Model, folder
         _write_json(folder / PARITY_FILE, {"calibration_images": len(calibration)})
     else:
         export_keras(model, fmt, path)
-    (folder / "source_model.sha1").write_text(sha1)
+    (folder / STAMP_FILE).write_text(stamp_text)
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:

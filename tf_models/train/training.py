@@ -30,7 +30,15 @@ from tf_models.models.classifier import (
 )
 from tf_models.config import TrainConfig, load_table
 from tf_models.data.tables import ImageTable
-from tf_models.runs import BACKBONE_WEIGHTS_FILE, DATA_REPORT_STEM, HISTORY_FILE, MODEL_FILE, write_metrics, write_run_start
+from tf_models.runs import (
+    BACKBONE_WEIGHTS_FILE,
+    DATA_REPORT_STEM,
+    HISTORY_FILE,
+    MODEL_FILE,
+    write_config,
+    write_metrics,
+    write_run_start,
+)
 from tf_models.train.evaluation import (
     classification_metrics,
     misclassified_grid,
@@ -153,9 +161,10 @@ def train(config: TrainConfig, table: ImageTable | None = None, verbose: int | s
 
 
 def _train(config: TrainConfig, run_dir: Path, strategy, policy: str, table: ImageTable | None, verbose) -> RunResult:
+    write_config(run_dir, config)
     table = table or load_table(config)
     class_names = table.class_names
-    write_run_start(run_dir, config, class_names, config.crop_settings() if config.task == "identity" else None)
+    write_run_start(run_dir, class_names, config.crop_settings() if config.task == "identity" else None)
     table.report.save(run_dir, DATA_REPORT_STEM)
     num_classes = len(class_names)
 

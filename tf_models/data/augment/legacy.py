@@ -6,6 +6,8 @@ import difflib
 import warnings
 from typing import Any
 
+from tf_models.data.augment.config import _user_stacklevel
+
 # ImageDataGenerator arguments with no counterpart here: (value that is harmless, what to do instead).
 _LEGACY_UNSUPPORTED: dict[str, tuple[tuple[Any, ...], str]] = {
     "featurewise_center": ((False, None), "every tf_models model normalises its input inside the model"),
@@ -65,7 +67,7 @@ def config_kwargs(values: dict[str, Any], own: set[str]) -> dict[str, Any]:
                 warnings.warn(
                     f"dtype={value!r} is ignored: augmented images are always float32 in 0..255.",
                     UserWarning,
-                    stacklevel=2,
+                    stacklevel=_user_stacklevel(),
                 )
         elif key == "interpolation_order":
             if value not in _LEGACY_ORDERS:
