@@ -13,6 +13,7 @@ A run folder holds everything needed to use, judge and repeat a run::
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import asdict, dataclass
@@ -135,9 +136,19 @@ def load_run_model(run_dir: str | Path) -> Any:
 
 
 def file_sha1(path: Path) -> str:
-    """Content hash of a file: what cached exports and choices are keyed on."""
+    """Content hash of a file: what cached exports and choices are keyed on.
+
+    Remembered per (path, size, modification time): serving one run asks for its model's hash once
+    per candidate runtime, and a large model.keras takes about a second to hash.
+    """
+    stat = Path(path).stat()
+    return _sha1(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _sha1(path: str, size: int, mtime_ns: int) -> str:
     digest = hashlib.sha1()
-    with Path(path).open("rb") as handle:
+    with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
