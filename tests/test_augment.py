@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 
@@ -18,6 +19,8 @@ from tf_models.data.augment import (
     bilinear_warp,
     build_augmenter,
 )
+from tf_models.data.augment import ops as augment_ops
+from tf_models.data.augment.geometry import stack_matrices
 
 SEED = tf.constant([7, 11], tf.int64)
 
@@ -419,6 +422,42 @@ def test_several_geometric_transforms_resample_once():
     assert _projective_ops(PRESETS["aggressive"]) == 1
     assert _projective_ops(AugmentConfig(horizontal_flip=True, vertical_flip=True)) == 0  # exact reversals
     assert _projective_ops(AugmentConfig(rotation_range=10, interpolation="nearest")) == 1
+
+
+# One "on" value per AugmentConfig field that can switch a transform on; the rest only tune one.
+_ON_VALUES = {
+    "rotation_range": 10.0, "width_shift_range": 0.1, "height_shift_range": (1.0, 2.0), "shear_range": 5.0,
+    "zoom_range": 0.2, "horizontal_flip": True, "vertical_flip": True,
+    "random_resized_crop_scale": (0.5, 1.0), "brightness_range": (0.8, 1.2), "channel_shift_range": 10.0,
+    "color_jitter": (0.2, 0.0, 0.0, 0.0), "random_erasing": 0.5,
+}
+_TUNING_FIELDS = {"fill_mode", "cval", "rescale", "random_resized_crop_ratio", "interpolation"}
+
+
+def test_geometry_table_and_config_flags_agree():
+    names = {f.name for f in dataclasses.fields(AugmentConfig)}
+    assert names == set(_ON_VALUES) | _TUNING_FIELDS, "classify the new AugmentConfig field in this test"
+    singles = [AugmentConfig(**{name: value}) for name, value in _ON_VALUES.items()]
+    for config in singles + list(PRESETS.values()):
+        active = [op for op in augment_ops.GEOMETRY_OPS if op.active(config)]
+        # has_geometry decides feature caching elsewhere: a row it does not know of would be cached away.
+        assert config.has_geometry == bool(active), config
+        assert config.has_affine == any(op.exact is None for op in active), config
+
+
+def test_a_geometry_row_added_to_the_table_is_composed_into_the_output(monkeypatch):
+    def two_pixels_left(config, seed, height, width, batch):  # output x reads input x + 2
+        return stack_matrices([[1.0, 0.0, 2.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]], batch)
+
+    row = augment_ops.GeometryOp("two_pixels_left", lambda config: True, two_pixels_left)
+    images = _smooth(12, 10, batch=8)
+    config = AugmentConfig(horizontal_flip=True)
+    flipped = _augment(config, images)
+    monkeypatch.setattr(augment_ops, "GEOMETRY_OPS", (*augment_ops.GEOMETRY_OPS, row))
+    columns = np.minimum(np.arange(10) + 2, 9)  # 2 pixels left, the edge column repeated ("nearest")
+    # The new row is last, so flip @ shift: every image, flipped or kept, then moves.
+    np.testing.assert_allclose(_augment(config, images), flipped[:, :, columns], atol=1e-3)
+    np.testing.assert_allclose(_augment(AugmentConfig(), images), images[:, :, columns], atol=1e-3)
 
 
 def test_same_seed_same_output_different_seed_different_output():

@@ -33,8 +33,10 @@ Where this deliberately differs from tf_keras 2.x (the last ``ImageDataGenerator
   image, bilinear output equals legacy's order-1 spline to float32 rounding (tested).
 
 The package: ``config`` (AugmentConfig, presets), ``legacy`` (ImageDataGenerator keyword
-arguments), ``geometry`` (matrices and resampling), ``ops`` (random draws, the pixel-op table,
-:func:`build_augmenter`). Adding a pixel op is a config field plus one row of ``ops.PIXEL_OPS``.
+arguments), ``geometry`` (matrices and resampling), ``ops`` (random draws, the geometric and pixel
+op tables, :func:`build_augmenter`). Adding an op is a config field (counted in ``has_geometry`` or
+``has_photometric``), its random streams appended to ``ops.STREAMS``, and one row of
+``ops.GEOMETRY_OPS`` (a sampler of per-image output->input matrices) or ``ops.PIXEL_OPS``.
 """
 
 from tf_models.data.augment.config import (

@@ -1,9 +1,14 @@
-"""Random draws and the augmenter: per-image parameters from a stateless seed, the geometry in one
-resampling, then the pixel ops of :data:`PIXEL_OPS` in order."""
+"""Random draws and the augmenter: per-image parameters from a stateless seed, then two tables.
+
+:data:`GEOMETRY_OPS` rows each give per-image 3x3 output->input matrices; the active rows compose in
+table order and the batch is resampled once. :data:`PIXEL_OPS` rows then run in table order.
+"""
 
 from __future__ import annotations
 
+import functools
 import math
+import operator
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -20,8 +25,8 @@ _ERASE_SCALE = (0.02, 0.33)  # torchvision RandomErasing defaults: area fraction
 _ERASE_RATIO = (0.3, 3.3)  # ... and aspect ratio (h / w)
 _TRIES = 10  # torchvision's rejection-sampling attempts for crops and erasing
 
-# One fixed random stream per quantity, numbered by its place here: a new transform appends its
-# streams at the end, so it never changes the draws of the others (same seed, same augmentation).
+# One fixed random stream per quantity, numbered by its place here: a new transform (a row of
+# GEOMETRY_OPS or PIXEL_OPS) appends its streams at the end, so the others' draws never change.
 STREAMS = ("rotation", "shift_x", "shift_x_sign", "shift_y", "shift_y_sign", "shear", "zoom", "flip_h", "flip_v", "crop_area", "crop_ratio", "crop_position", "channel_shift", "brightness", "color_jitter", "erase_box", "erase_apply")
 _STREAM = {name: number for number, name in enumerate(STREAMS)}
 
@@ -78,16 +83,19 @@ def _sample_crop(config: AugmentConfig, seed, height, width, batch) -> tf.Tensor
     )
 
 
-def _geometry(config: AugmentConfig, images: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
-    shape = tf.shape(images)
-    batch = shape[0]
-    height, width = tf.cast(shape[1], tf.float32), tf.cast(shape[2], tf.float32)
-    flip_h = (_uniform(seed, _STREAM["flip_h"], [batch]) < 0.5) & config.horizontal_flip
-    flip_v = (_uniform(seed, _STREAM["flip_v"], [batch]) < 0.5) & config.vertical_flip
-    if not config.has_affine:  # flips alone are exact reversals: no resampling at all
-        images = tf.where(flip_h[:, None, None, None], tf.reverse(images, axis=[2]), images)
-        return tf.where(flip_v[:, None, None, None], tf.reverse(images, axis=[1]), images)
+def _has_legacy_affine(config: AugmentConfig) -> bool:
+    """Rotation, a shift, shear or zoom: ``has_affine`` without the crop, which is its own row."""
+    shifts = (config.width_shift_range, config.height_shift_range)
+    return bool(
+        config.rotation_range
+        or config.shear_range
+        or config.has_zoom
+        or any(any(s) if isinstance(s, tuple) else s for s in shifts)
+    )
 
+
+def _sample_affine(config: AugmentConfig, seed, height, width, batch) -> tf.Tensor:
+    """Output->input matrices of legacy ``ImageDataGenerator``'s rotation, shifts, shear and zoom."""
     zero = tf.zeros([batch])
     theta = _uniform(seed, _STREAM["rotation"], [batch], -config.rotation_range, config.rotation_range)
     shift_x = (
@@ -106,16 +114,65 @@ def _geometry(config: AugmentConfig, images: tf.Tensor, seed: tf.Tensor) -> tf.T
         zoom_x, zoom_y = zoom[:, 0], zoom[:, 1]
     else:
         zoom_x = zoom_y = zero + 1.0
-    # Output->input composition: crop(affine(flip(p))) i.e. the picture is cropped, then the
-    # legacy affine acts on the crop, then flipped (legacy flips after the affine).
-    matrices = legacy_affine_matrices(theta, shift_x, shift_y, shear, zoom_x, zoom_y, height, width, batch)
-    if config.random_resized_crop_scale is not None:
-        matrices = _sample_crop(config, seed, height, width, batch) @ matrices
-    if config.horizontal_flip or config.vertical_flip:
-        matrices = matrices @ flip_matrices(flip_h, flip_v, height, width, batch)
+    return legacy_affine_matrices(theta, shift_x, shift_y, shear, zoom_x, zoom_y, height, width, batch)
+
+
+def _draw_flips(config: AugmentConfig, seed: tf.Tensor, batch) -> tuple[tf.Tensor, tf.Tensor]:
+    """Per image: (flip left-right, flip top-bottom), each with probability 0.5 when enabled."""
+    flip_h = (_uniform(seed, _STREAM["flip_h"], [batch]) < 0.5) & config.horizontal_flip
+    flip_v = (_uniform(seed, _STREAM["flip_v"], [batch]) < 0.5) & config.vertical_flip
+    return flip_h, flip_v
+
+
+def _sample_flip(config: AugmentConfig, seed, height, width, batch) -> tf.Tensor:
+    return flip_matrices(*_draw_flips(config, seed, batch), height, width, batch)
+
+
+def _flip_exactly(images: tf.Tensor, config: AugmentConfig, seed: tf.Tensor) -> tf.Tensor:
+    """The same flips as :func:`_sample_flip` as exact reversals, when nothing else needs resampling."""
+    flip_h, flip_v = _draw_flips(config, seed, tf.shape(images)[0])
+    images = tf.where(flip_h[:, None, None, None], tf.reverse(images, axis=[2]), images)
+    return tf.where(flip_v[:, None, None, None], tf.reverse(images, axis=[1]), images)
+
+
+@dataclass(frozen=True)
+class GeometryOp:
+    """One geometric transform: when it runs, and its per-image output->input matrices."""
+
+    name: str
+    active: Callable[[AugmentConfig], bool]
+    # (config, seed, height, width, batch) -> [batch, 3, 3]; height and width are float32 scalars.
+    matrices: Callable[[AugmentConfig, tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor], tf.Tensor]
+    # (images, config, seed) -> images without resampling, used when this is the only active row:
+    # an op that is an exact pixel permutation need not blur the batch through an interpolation.
+    exact: Callable[[tf.Tensor, AugmentConfig, tf.Tensor], tf.Tensor] | None = None
+
+
+# Output->input matrices compose in table order (crop @ affine @ flip): the picture is cropped, the
+# legacy affine acts on the crop, then it is flipped (legacy flips after the affine).
+GEOMETRY_OPS = (
+    GeometryOp("random_resized_crop", lambda c: c.random_resized_crop_scale is not None, _sample_crop),
+    GeometryOp("affine", _has_legacy_affine, _sample_affine),
+    GeometryOp("flip", lambda c: c.horizontal_flip or c.vertical_flip, _sample_flip, exact=_flip_exactly),
+)
+
+
+def _geometry(config: AugmentConfig, images: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+    """The active rows of :data:`GEOMETRY_OPS`, composed into one matrix per image, in one resampling."""
+    active = [op for op in GEOMETRY_OPS if op.active(config)]
+    if not active:
+        return images
+    if len(active) == 1 and active[0].exact is not None:
+        return active[0].exact(images, config, seed)
+    shape = tf.shape(images)
+    batch = shape[0]
+    height, width = tf.cast(shape[1], tf.float32), tf.cast(shape[2], tf.float32)
+    # Left fold ((m0 @ m1) @ m2), the order the product was always taken in: same seed, same bits.
+    # (A crop without the affine row once multiplied in an exact identity; dropping it changes nothing.)
+    matrices = functools.reduce(
+        operator.matmul, [op.matrices(config, seed, height, width, batch) for op in active]
+    )
     return resample(images, matrices, config.fill_mode, config.cval, config.interpolation)
-
-
 
 
 def _per_image(values: tf.Tensor) -> tf.Tensor:
@@ -233,8 +290,7 @@ def build_augmenter(config: AugmentConfig) -> Callable[[tf.Tensor, tf.Tensor], t
         static_shape = images.shape
         seed = tf.convert_to_tensor(seed)
         batch = tf.shape(images)[0]
-        if config.has_geometry:
-            images = _geometry(config, images, seed)
+        images = _geometry(config, images, seed)  # the table decides: no active row, no geometry
         for op in PIXEL_OPS:  # in table order
             if op.active(config):
                 images = op.apply(images, config, seed, batch)
