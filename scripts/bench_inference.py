@@ -22,33 +22,15 @@ model.predict, and the worst backbone.
 from __future__ import annotations
 
 import argparse
-import csv
-import statistics
 import sys
-import tempfile
-import time
 from pathlib import Path
 
-import numpy as np
-from tqdm import tqdm
+from tf_models.models.backbones import get_backbone, list_backbones
+from tf_models.serve.runtimes import RUNTIMES
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-
-from tf_models.models.backbones import get_backbone, list_backbones
-from tf_models.benchmarking import machine_info, percentiles
-from tf_models.models.classifier import build_classifier, with_embedding
-from tf_models.runs import MODEL_FILE
-from tf_models.serve.export import MODEL_FILES
-from tf_models.serve.runtimes import EXPORTED_RUNTIMES, RUNTIMES
-from tf_models.serve.serving import CANDIDATE_RUNTIMES, fastest, make_runtime, time_runtimes
-
 DEFAULT_OUT = REPO_ROOT / "results" / "inference"
-WARMUP = 3
-CALIBRATION_FACES = 32  # onnx-int8 activation ranges; timing does not depend on how many
-TARGET_RATIO = 5.0  # the served path must be at least this many times faster than model.predict
-PACKAGES = ("tensorflow", "keras", "numpy", "onnxruntime", "tf2onnx", "onnx", "ai-edge-litert")
-COLUMNS = ("backbone", "input", "params", "keras_mb", "runtime", "file_mb", "p50_ms", "p90_ms",
-           "batch", "images_per_s", "speedup", "served", "note")
+CALIBRATION_DIR = REPO_ROOT / "datasets" / "celeba" / "sample"  # bundled faces: onnx-int8 activation ranges
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -72,158 +54,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def calibration_faces(input_size: tuple[int, int], count: int = CALIBRATION_FACES) -> np.ndarray:
-    """Bundled CelebA sample images resized to the model input (float32 0..255): int8 calibration."""
-    from tf_models.images import read_image
-    from tf_models.faces.framing import resize_to_input
-
-    files = sorted((REPO_ROOT / "datasets" / "celeba" / "sample").rglob("*.jpg"))[:count]
-    return resize_to_input(np.stack([read_image(f) for f in files]), input_size)
-
-
-def bench_backbone(name: str, runtimes: list[str], batch: int, repeats: int, batch_repeats: int,
-                   workdir: Path) -> list[dict]:
-    """One row per runtime for backbone ``name``."""
-    import keras
-
-    keras.backend.clear_session()
-    spec = get_backbone(name)
-    model = build_classifier(name, 2, spec.default_input, mode="scratch", weights="none")
-    serving = with_embedding(model)
-    folder = workdir / name
-    folder.mkdir(parents=True, exist_ok=True)
-    model.save(folder / MODEL_FILE)
-    keras_mb = (folder / MODEL_FILE).stat().st_size / 2**20
-    representative = calibration_faces(spec.default_input) if "onnx-int8" in runtimes else None
-    engines, failed = {}, {}
-    for runtime in runtimes:  # each exported runtime in its own folder: two ONNX files must not collide
-        (folder / runtime).mkdir(exist_ok=True)
-        try:
-            engines[runtime] = make_runtime(runtime, serving, folder / runtime, representative=representative)
-        except Exception as err:  # noqa: BLE001  a converter that cannot take this model: reported, not fatal
-            failed[runtime] = f"{type(err).__name__}: {str(err).splitlines()[0][:160]}"
-            tqdm.write(f"{name}/{runtime}: could not be built ({failed[runtime]})")
-    rng = np.random.default_rng(0)
-    one = rng.uniform(0, 255, (1, *spec.default_input, 3)).astype(np.float32)
-    many = rng.uniform(0, 255, (batch, *spec.default_input, 3)).astype(np.float32)
-
-    for engine in engines.values():  # the batch path warms up too (ONNX Runtime plans per shape)
-        engine(many)
-    single = time_runtimes(engines, one, warmup=WARMUP, repeats=repeats)  # what the served choice uses
-    batched: dict[str, list[float]] = {r: [] for r in engines}
-    for _ in range(batch_repeats):
-        for runtime, engine in engines.items():
-            start = time.perf_counter()
-            engine(many)
-            batched[runtime].append(time.perf_counter() - start)
-
-    baseline = statistics.median(single["keras-predict"]) if "keras-predict" in single else None
-    candidates = {r: statistics.median(single[r]) for r in engines if r in CANDIDATE_RUNTIMES}
-    served = fastest(candidates) if candidates else None  # e.g. --runtimes keras-predict alone
-    rows = [{"backbone": name, "input": "x".join(map(str, spec.default_input)), "params": int(model.count_params()),
-             "keras_mb": round(keras_mb, 1), "runtime": runtime, "file_mb": "", "p50_ms": "", "p90_ms": "",
-             "batch": batch, "images_per_s": "", "speedup": "", "served": False, "note": note}
-            for runtime, note in failed.items()]
-    for runtime in engines:
-        exported = EXPORTED_RUNTIMES.get(runtime)
-        file_path = folder / runtime / MODEL_FILES[exported[0]] if exported else folder / MODEL_FILE
-        p50 = statistics.median(single[runtime])
-        rows.append({
-            "backbone": name, "input": "x".join(map(str, spec.default_input)),
-            "params": int(model.count_params()), "keras_mb": round(keras_mb, 1), "runtime": runtime,
-            "file_mb": round(file_path.stat().st_size / 2**20, 1), "p50_ms": round(p50, 2),
-            "p90_ms": round(percentiles(single[runtime])["p90_ms"], 2), "batch": batch,
-            "images_per_s": round(batch / statistics.median(batched[runtime]), 1),
-            "speedup": round(baseline / p50, 2) if baseline else "", "served": runtime == served, "note": "",
-        })
-    return sorted(rows, key=lambda row: runtimes.index(row["runtime"]))
-
-
-def write_markdown(rows: list[dict], info: dict[str, str], args: argparse.Namespace,
-                   headline: str, path: Path) -> None:
-    runtimes = args.runtimes
-    lines = ["# Inference time per backbone and runtime", "",
-             (f"Made by `scripts/bench_inference.py --backbones {','.join(args.backbones)} --runtimes "
-             f"{','.join(runtimes)} --batch {args.batch} --repeats {args.repeats} --batch-repeats "
-             f"{args.batch_repeats}`. Random weights, 2 classes, default head, each backbone at its default "
-             f"input; both outputs (probabilities + embedding). Latency: one image, p50/p90 over "
-             f"{args.repeats} calls after {WARMUP} warm-up calls, runtimes interleaved. Throughput: "
-             f"batch {args.batch}, median of {args.batch_repeats}. `speedup` = keras-predict p50 / runtime p50. "
-             "Served path: per backbone, the runtime the Predictor's default (`auto`) would serve on this "
-             f"machine, the fastest of {', '.join(r for r in CANDIDATE_RUNTIMES if r in runtimes)} here "
-             "(the int8 parity gate applies to trained runs; these have random weights)."), "",
-             "| machine | |", "|---|---|"]
-    lines += [f"| {key} | {value} |" for key, value in info.items()]
-    lines += ["", f"**{headline}**", "", "## Single-image latency p50 (ms), side by side", ""]
-    lines += ["| backbone | input | params | .keras MB | " + " | ".join(runtimes) + " | served | served speedup |",
-              "|---|---|---|---|" + "---|" * (len(runtimes) + 2)]
-    for backbone in args.backbones:
-        group = {r["runtime"]: r for r in rows if r["backbone"] == backbone}
-        first = next(iter(group.values()))
-        cells = [f"{group[r]['p50_ms']:.1f}" if group[r]["p50_ms"] != "" else "n/a" for r in runtimes]
-        served = next((r for r in group.values() if r["served"]), {})
-        lines.append(f"| {backbone} | {first['input']} | {first['params']:,} | {first['keras_mb']} | "
-                     + " | ".join(cells) + f" | {served.get('runtime', '')} | {served.get('speedup', '')}x |")
-    lines += ["", "## All figures", "", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(str(row[c]) for c in COLUMNS) + " |" for row in rows]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-
-
-def plot(rows: list[dict], args: argparse.Namespace, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (left, right) = plt.subplots(1, 2, figsize=(14, 5))
-    width = 0.8 / len(args.runtimes)
-    x = np.arange(len(args.backbones))
-    for k, runtime in enumerate(args.runtimes):
-        by = {r["backbone"]: r for r in rows if r["runtime"] == runtime}
-        left.bar(x + k * width, [by[b]["p50_ms"] or 0 for b in args.backbones], width, label=runtime)  # 0: n/a
-        right.bar(x + k * width, [by[b]["images_per_s"] or 0 for b in args.backbones], width, label=runtime)
-    for axis, title in ((left, "single image, p50 latency (ms, log)"), (right, f"batch {args.batch}, images/s")):
-        axis.set_xticks(x + width * (len(args.runtimes) - 1) / 2, args.backbones, rotation=35, ha="right")
-        axis.set_title(title)
-        axis.legend()
-    left.set_yscale("log")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    info = machine_info(PACKAGES)  # before we load the machine ourselves
-    rows: list[dict] = []
-    with tempfile.TemporaryDirectory(prefix="bench_inference_") as tmp:
-        for name in tqdm(args.backbones, desc="backbones", unit="backbone"):
-            rows += bench_backbone(name, args.runtimes, args.batch, args.repeats, args.batch_repeats, Path(tmp))
-            tqdm.write(" ".join(f"{r['backbone']}/{r['runtime']} {r['p50_ms'] or 'n/a'} ms"
-                                for r in rows[-len(args.runtimes):]))
+    from tf_models.bench.inference import InferenceSettings, bench_inference
 
-    args.out.mkdir(parents=True, exist_ok=True)
-    with (args.out / "bench_inference.csv").open("w", newline="", encoding="utf-8") as handle:
-        handle.write("".join(f"# {key}: {value}\n" for key, value in info.items()))
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-    served_rows = [r for r in rows if r["served"] and r["speedup"] != ""]
-    if served_rows:
-        worst = min(served_rows, key=lambda r: r["speedup"])
-        met = sum(r["speedup"] >= TARGET_RATIO for r in served_rows)
-        chosen = sorted({f"{r['runtime']} x{sum(s['runtime'] == r['runtime'] for s in served_rows)}" for r in served_rows})
-        headline = (f"served path (fastest runtime per backbone on {info['cpu']} [{info['cpu flags (speed-relevant)']}]: "
-                    f"{', '.join(chosen)}) single-image p50 vs model.predict: "
-                    f"{min(r['speedup'] for r in served_rows):.1f}x-{max(r['speedup'] for r in served_rows):.1f}x "
-                    f"faster; worst {worst['backbone']} ({worst['p50_ms']:.1f} ms vs "
-                    f"{worst['p50_ms'] * worst['speedup']:.1f} ms); target >= {TARGET_RATIO:.0f}x met for "
-                    f"{met}/{len(served_rows)} backbones")
-    else:
-        headline = "served path or keras-predict not measured: no ratio"
-    write_markdown(rows, info, args, headline, args.out / "bench_inference.md")
-    plot(rows, args, args.out / "bench_inference.png")
-    print(headline)
+    settings = InferenceSettings(backbones=args.backbones, runtimes=args.runtimes, batch=args.batch,
+                                 repeats=args.repeats, batch_repeats=args.batch_repeats)
+    print(bench_inference(settings, args.out, CALIBRATION_DIR))
     return 0
 
 

@@ -1,0 +1,119 @@
+"""The quality benchmark (``scripts/benchmark_quality.py``): a recipe trained from scratch on real
+data, its held-out accuracy against a target, and the time it took (wall and CPU per core).
+
+- gender: CelebA, identity-disjoint split. Target: test accuracy >= 0.95 within the time budget.
+- identity: a folder per person (ORL). Target: >= 0.98 on held-out photos of the known people; the
+  nearest-centroid accuracy (the app's decision) and the leave-one-person-out open-set rates too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from tf_models.benchmarking import cpu_seconds, display_path, machine_markdown, markdown_table
+from tf_models.config import TrainConfig
+
+TARGETS = {"gender": 0.95, "identity": 0.98}  # test accuracy each task must reach
+PACKAGES = ("tensorflow", "keras")
+
+
+@dataclass(frozen=True)
+class QualitySettings:
+    """How every task is run and where its run and the tables go."""
+
+    runs_dir: Path  # one run folder per task under it
+    out: Path  # benchmark_quality.{csv,md}; the open-set tables go to out.parent / "openset"
+    epochs: int | None  # None: the recipe's
+    budget_minutes: float  # wall-clock budget per task
+    resume: bool  # continue an interrupted run instead of starting fresh
+
+
+def run_task(task: str, recipe: Path, data_dir: Path, settings: QualitySettings, machine: dict[str, str],
+             command: str) -> dict:
+    """Trains ``task``'s ``recipe`` on ``data_dir`` and returns its table row (accuracy, minutes, target).
+
+    Data, run and recipe paths are written repository-relative (``display_path``).
+    """
+    from tf_models.train.training import train
+
+    target = TARGETS[task]
+    run_dir = settings.runs_dir / task
+    if run_dir.exists() and not settings.resume:
+        shutil.rmtree(run_dir)  # a leftover backup/ would otherwise resume an old run
+    # Relative paths: they end up in results files, which must not carry this machine's paths.
+    config = dataclasses.replace(TrainConfig.load(recipe), data_dir=display_path(data_dir), out=display_path(run_dir))
+    if settings.epochs is not None:
+        config = dataclasses.replace(config, epochs=settings.epochs)
+    print(f"[quality] {task}: {config.backbone} {config.mode} {config.input_size} x {config.epochs} epochs "
+          f"on {data_dir}")
+    start, cpu_start = time.perf_counter(), cpu_seconds()
+    metrics = train(config, verbose=2).metrics
+    minutes = (time.perf_counter() - start) / 60
+    # CPU time / cores: what the run would take on this machine with nobody else on it. Wall time
+    # alone depends on how busy the (shared) machine was.
+    idle_minutes = (cpu_seconds() - cpu_start) / len(os.sched_getaffinity(0)) / 60
+    extra = {}
+    if task == "identity":  # the app names people by the gallery: report that accuracy and the open-set rates
+        extra = identity_extras(Path(config.out), config, settings.out.parent / "openset" / data_dir.name)
+    return {
+        "task": task, "data": data_dir.name, "backbone": config.backbone, "mode": config.mode,
+        "input_size": "x".join(map(str, metrics["input_size"])), "epochs": metrics["epochs_run"],
+        "test_images": metrics["n"], "accuracy": round(metrics["accuracy"], 4),
+        "balanced_accuracy": round(metrics["balanced_accuracy"], 4), "target": target,
+        "accuracy_met": metrics["accuracy"] >= target, "wall_minutes": round(minutes, 1),
+        "cpu_minutes_per_core": round(idle_minutes, 1), "budget_minutes": settings.budget_minutes,
+        "within_budget": min(minutes, idle_minutes) <= settings.budget_minutes,
+        "recipe": display_path(recipe), "command": f"`{command}`",
+        "date": machine["date (UTC)"], "load_at_start": machine["load average at start (1/5/15 min)"], **extra,
+    }
+
+
+def write_tables(rows: list[dict], out: Path, machine: dict[str, str]) -> pd.DataFrame:
+    """benchmark_quality.{csv,md} under ``out``, keeping the rows of tasks not run this time."""
+    frame = pd.DataFrame(rows)
+    out.mkdir(parents=True, exist_ok=True)
+    previous = out / "benchmark_quality.csv"
+    if previous.is_file():  # keep the other tasks' rows from an earlier run (one task at a time)
+        kept = pd.read_csv(previous)
+        frame = pd.concat([kept[~kept["task"].isin(frame["task"])], frame], ignore_index=True).sort_values("task")
+    frame.to_csv(out / "benchmark_quality.csv", index=False)
+    (out / "benchmark_quality.md").write_text(
+        "# Quality from scratch on real data\n\n"
+        "Written by the command in each row. Accuracy on each run's held-out test split (gender: "
+        "identity-disjoint; identity: held-out photos of known people). Minutes: wall time of the whole "
+        "run (data checks, training, evaluation); cpu_minutes_per_core: the process's CPU time divided by "
+        "the cores, i.e. the wall time on this machine when nobody else uses it (the machine is shared). "
+        "No pretrained weights.\n\n"
+        + markdown_table(frame.fillna("")) + "\nMachine of the latest run:\n\n" + machine_markdown(machine),
+        encoding="utf-8")
+    return frame
+
+
+def identity_extras(run_dir: Path, config: TrainConfig, openset_out: Path) -> dict:
+    """Nearest-centroid accuracy on the test split (the app's decision) and leave-one-person-out FAR/FRR."""
+    from tf_models.config import load_table
+    from tf_models.identity.embedding import nearest_centroid_accuracy
+    from tf_models.identity.openset import evaluate_openset
+    from tf_models.runs import load_run_model
+
+    model = load_run_model(run_dir)
+    accuracy = nearest_centroid_accuracy(model, load_table(config), batch_size=config.batch_size)
+    summary = evaluate_openset(run_dir, config.data_dir, target_far=0.01, out=openset_out).summary
+    return {"gallery_accuracy": round(accuracy, 4), "openset_far": round(summary["far"], 4),
+            "openset_frr": round(summary["frr"], 4)}
+
+
+def headline(rows: Sequence[dict]) -> str:
+    """Each task's accuracy (and nearest-centroid accuracy), its target and its minutes, on one line."""
+    return "; ".join(f"{r['task']}: accuracy {r['accuracy']:.4f}"
+                     + (f", nearest-centroid {r['gallery_accuracy']:.4f}" if "gallery_accuracy" in r else "")
+                     + f" (target {r['target']}) in {r['wall_minutes']} min ({r['cpu_minutes_per_core']} CPU-min/core)"
+                     for r in rows)
