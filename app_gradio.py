@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Gradio app: every face in a photo boxed and labelled (gender, identity or Unknown), attendance marked.
 
-    python app_gradio.py                     # the best runs of `make demo` (results/best/<task>.json)
+    python app_gradio.py                     # the best gender run of `make demo`, identity by the shipped face embedder
+    python app_gradio.py --enrol-dir datasets/students/sample      # ... with these people enrolled at start
     python app_gradio.py --gender-run runs/gender_resnet50 --identity-run runs/students --share
     TF_MODELS_ADMIN_PASSWORD=... python app_gradio.py --server-name 0.0.0.0 --server-port 7860
 
@@ -26,7 +27,8 @@ API (one queue, --concurrency-limit requests at a time), with ``pip install grad
         api_name="/recognise",
     )
     # image: path of the annotated JPEG; table: {"headers": [...], "data": [[face, gender,
-    # gender confidence, identity, identity confidence, attendance], ...]}; message: "1 face found. ..."
+    # gender probability, identity, identity match ("0.82 >= 0.55" or "closest: Ana, 0.41 < 0.55"),
+    # attendance], ...]}; message: "1 face found. ..."
     # or why nothing was found ("This file cannot be used as a photo: not an image ...").
 
 Admin endpoints take the admin password first: ``/enrol`` (password, name, [handle_file(...), ...]),
@@ -58,7 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--gender-run", help=f"gender run folder (default: the one in {DEFAULT_BEST_DIR}/gender.json)")
     parser.add_argument("--identity-run",
-                        help=f"identity run folder (default: the one in {DEFAULT_BEST_DIR}/identity.json)")
+                        help="identity run folder to embed faces with (default: the face embedder shipped in the "
+                             "package, weights='faces': enrol people from a few photos, nothing to train)")
+    parser.add_argument("--enrol-dir", help="enrol every <Person Name>/ folder of photos in DIR at start")
     parser.add_argument("--best-dir", default=DEFAULT_BEST_DIR,
                         help=f"where `make demo` records the best runs (default: {DEFAULT_BEST_DIR})")
     parser.add_argument("--state-dir", default=os.environ.get("TF_MODELS_STATE_DIR", DEFAULT_STATE_DIR),
@@ -244,6 +248,13 @@ def main(argv: list[str] | None = None) -> int:
     except NoTrainedModel as err:
         print(f"app_gradio.py: {err}", file=sys.stderr)
         return 2
+    if args.enrol_dir:
+        try:
+            for message in service.enrol_folder(args.enrol_dir):
+                print(message)
+        except FileNotFoundError as err:
+            print(f"app_gradio.py: {err}", file=sys.stderr)
+            return 2
     launch(build_demo(service), concurrency_limit=args.concurrency_limit, share=args.share,
            server_name=args.server_name, server_port=args.server_port)
     return 0

@@ -20,7 +20,9 @@ from tf_models.identity.openset import evaluate_openset
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run", required=True, help="identity run folder written by scripts/train.py")
+    parser.add_argument("--run", required=True,
+                        help="identity run folder written by scripts/train.py, or faces[:BACKBONE] for the shipped "
+                             "face embedder with no training")
     parser.add_argument("--data-dir", required=True, help="students folder (root/<Person Name>/<photos>)")
     parser.add_argument("--target-far", type=float, default=0.01,
                         help="false-accept rate the threshold is calibrated for (default: 0.01)")

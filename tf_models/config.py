@@ -48,7 +48,7 @@ class TrainConfig:
     # --- model ---
     backbone: str = "mobilenetv2"  # a registry name (--list-backbones)
     mode: str = "transfer"  # transfer | finetune | scratch
-    weights: str = "imagenet"  # imagenet | none | path to a weights file
+    weights: str = "imagenet"  # imagenet | faces (shipped face-pretrained, see --list-backbones) | none | a file
     input_size: tuple[int, int] | None = None  # H W; default: the backbone's own
     head_units: tuple[int, ...] = (256,)  # hidden Dense widths of the head (REFERENCE_HEAD: 1024 256 64 32)
     head_dropout: float = 0.2  # dropout after each hidden head layer

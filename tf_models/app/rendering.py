@@ -13,7 +13,9 @@ from PIL import Image, ImageDraw, ImageFont
 ANSWER_MAX_SIDE = 640  # the annotated answer image (longer side, pixels): see draw_faces
 UNKNOWN = "Unknown"
 UNCERTAIN = "uncertain"
-TABLE_COLUMNS = ["face", "gender", "gender confidence", "identity", "identity confidence", "attendance"]
+# "identity match": the cosine similarity to the closest enrolled person next to the gallery's
+# threshold, so a reader sees why a face is named or Unknown ("closest: Ana, 0.41 < 0.55").
+TABLE_COLUMNS = ["face", "gender", "gender probability", "identity", "identity match", "attendance"]
 
 
 @dataclass(frozen=True)
@@ -27,10 +29,22 @@ class FaceResult:
     identity: str  # person, or UNKNOWN
     identity_confidence: float  # cosine similarity to the nearest person's centroid, clipped to [0, 1]
     attendance: str = ""  # "marked present", "already present", or "" (not marked)
+    closest: str | None = None  # the nearest enrolled person, named or not (None: empty gallery)
+    threshold: float | None = None  # the gallery's cosine threshold the similarity was held against
+
+    def identity_match(self) -> str:
+        """The similarity next to the threshold, in words: "0.82 >= 0.55" or "closest: Ana, 0.41 < 0.55"."""
+        if self.closest is None:
+            return "nobody enrolled"
+        if self.threshold is None:
+            return f"{self.identity_confidence:.2f}"
+        relation = ">=" if self.identity_confidence >= self.threshold else "<"
+        detail = f"{self.identity_confidence:.2f} {relation} {self.threshold:.2f}"
+        return detail if self.identity == self.closest else f"closest: {self.closest}, {detail}"
 
     def row(self) -> list[Any]:
         return [self.index, self.gender, round(self.gender_confidence, 3), self.identity,
-                round(self.identity_confidence, 3), self.attendance]
+                self.identity_match(), self.attendance]
 
 
 @dataclass

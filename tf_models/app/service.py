@@ -54,6 +54,7 @@ ADMIN_PASSWORD_ENV = "TF_MODELS_ADMIN_PASSWORD"
 DEFAULT_STATE_DIR = "app_state"
 DEFAULT_BEST_DIR = "results/best"
 DEFAULT_MAX_FACES = 10  # a lecturer checks the student(s) in front of the camera, not a crowd
+FACE_EMBEDDER_BACKBONE = "mobilenetv2"  # the registry backbone whose shipped face weights the app enrols with
 MAKE_MODEL_HINT = "Run `make demo` (about 3 minutes on a CPU) to train the demo models"
 # Model-info tab: (title, Markdown file under the repository) in the order shown.
 MODEL_INFO_FILES = (
@@ -170,6 +171,25 @@ def load_or_build_gallery(identity_run: str | Path, state_dir: str | Path, targe
     return gallery, info
 
 
+def load_face_gallery(state_dir: str | Path, backbone: str = "mobilenetv2",
+                      ) -> tuple[IdentityGallery, dict[str, Any], Path]:
+    """The gallery of the shipped face embedder: saved in the state folder, or a new, empty one.
+
+    Its threshold is the one measured for these weights on people never trained on
+    (``FaceWeights.gallery_threshold``, from ``scripts/bench_faces.py``). One folder per weights
+    file: other weights make other embeddings, so they start a fresh gallery.
+    """
+    from tf_models.models.backbones import face_weights_path, get_backbone
+
+    spec = get_backbone(backbone)
+    folder = Path(state_dir) / "gallery" / f"faces-{spec.name}-{file_sha1(face_weights_path(spec))[:12]}"
+    info = {"embedder": f"faces:{spec.name}", "threshold_source": "scripts/bench_faces.py (held-out people)"}
+    if (folder / GALLERY_JSON).is_file():
+        return IdentityGallery.load(folder), info, folder
+    info["note"] = "the gallery starts empty: enrol people in Admin, or start the app with --enrol-dir DIR"
+    return IdentityGallery(spec.faces.gallery_threshold), info, folder
+
+
 # ---------------------------------------------------------------------------------------------
 # The service
 # ---------------------------------------------------------------------------------------------
@@ -203,16 +223,22 @@ class FaceService:
         Raises :class:`NoTrainedModel` when a run is missing.
         """
         gender_dir = resolve_run("gender", gender_run, best_dir)
-        identity_dir = resolve_run("identity", identity_run, best_dir)
         gender = Predictor.from_run(gender_dir, runtime=runtime, top_k=1)
-        identity = Predictor.from_run(identity_dir, runtime=runtime, top_k=1)
-        gallery, gallery_info = load_or_build_gallery(identity_dir, state_dir, target_far, embedder=identity)
         state = Path(state_dir)
-        info = {"gender_run": str(gender_dir), "identity_run": str(identity_dir),
+        if identity_run is None:  # the shipped face embedder: people are enrolled, nothing is trained
+            identity = Predictor.from_face_weights(FACE_EMBEDDER_BACKBONE)
+            gallery, gallery_info, folder = load_face_gallery(state_dir, FACE_EMBEDDER_BACKBONE)
+            identity_label = f"faces:{FACE_EMBEDDER_BACKBONE} (shipped face embedder)"
+        else:
+            identity_dir = resolve_run("identity", identity_run, best_dir)
+            identity = Predictor.from_run(identity_dir, runtime=runtime, top_k=1)
+            gallery, gallery_info = load_or_build_gallery(identity_dir, state_dir, target_far, embedder=identity)
+            folder, identity_label = gallery_folder(state_dir, identity_dir), str(identity_dir)
+        info = {"gender_run": str(gender_dir), "identity_run": identity_label,
                 "runtime": {"gender": gender.runtime.name, "identity": identity.runtime.name},
                 "gallery": gallery_info, "state_dir": str(state)}
         return cls(gender, identity, gallery, AttendanceLog(state / "attendance.sqlite"),
-                   gallery_dir=gallery_folder(state_dir, identity_dir), max_faces=max_faces, info=info)
+                   gallery_dir=folder, max_faces=max_faces, info=info)
 
     # -- recognition ------------------------------------------------------------------------------
 
@@ -258,7 +284,8 @@ class FaceService:
         similarity = float(np.clip(match.similarity, 0.0, 1.0))
         known = match.name is not None and similarity >= min_confidence
         return FaceResult(index, gender.box, gender.label if gender.confidence >= min_confidence else UNCERTAIN,
-                          gender.confidence, match.name if known else UNKNOWN, similarity)
+                          gender.confidence, match.name if known else UNKNOWN, similarity,
+                          closest=match.best_name, threshold=max(self.gallery.threshold, min_confidence))
 
     def _mark(self, faces: list[FaceResult], course: str, date: str | dt.date,
               min_confidence: float) -> tuple[list[FaceResult], str]:
@@ -295,6 +322,26 @@ class FaceService:
         AdminError, or ValueError when no photo gives a face.
         """
         self.check_admin(password)
+        return self._enrol(name, images)
+
+    def enrol_folder(self, folder: str | Path) -> list[str]:
+        """Enrols every ``folder/<Person Name>/`` from its photos (the app's ``--enrol-dir``); one message
+        a person. A person with no usable photo is reported, not enrolled; the others still are."""
+        from tf_models.images import is_image_path
+
+        root = Path(folder).expanduser()
+        if not root.is_dir():
+            raise FileNotFoundError(f"--enrol-dir must be a folder of <Person Name>/ folders. Received: {str(folder)!r}")
+        messages = []
+        for person in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            photos = sorted(p for p in person.rglob("*") if p.is_file() and is_image_path(p))
+            try:
+                messages.append(self._enrol(person.name, photos))
+            except ValueError as err:
+                messages.append(f"{person.name}: {err}")
+        return messages
+
+    def _enrol(self, name: str, images: Sequence[str | Path]) -> str:
         if not isinstance(name, str) or not name.strip():
             raise ValueError(f"Enter the person's name. Received: name={name!r}")
         embeddings, skipped = [], []
@@ -362,7 +409,7 @@ class FaceService:
         lines = ["## Loaded models", "", "| task | run | classes | input | runtime |", "| --- | --- | --- | --- | --- |"]
         for task, predictor in (("gender", self.gender), ("identity", self.identity)):
             run = self.info.get(f"{task}_run", "?")
-            lines.append(f"| {task} | `{run}` | {len(predictor.class_names)} | "
+            lines.append(f"| {task} | `{run}` | {len(predictor.class_names) or 'embeddings only'} | "
                          f"{predictor.input_size[0]}x{predictor.input_size[1]} | {predictor.runtime.name} |")
         calibration = self.info.get("gallery", {}).get("calibration")
         lines += ["", f"Open-set gallery: {len(self.gallery)} people, cosine threshold {self.gallery.threshold:.3f}"
@@ -417,6 +464,7 @@ __all__ = [
     "draw_faces",
     "example_images",
     "gallery_folder",
+    "load_face_gallery",
     "load_or_build_gallery",
     "resolve_run",
     "results_markdown",

@@ -1,6 +1,7 @@
 """Embeddings of image files, and galleries built from a dataset's faces.
 
-The embedder is the identity classifier (its penultimate layer, :func:`~tf_models.models.classifier.with_embedding`)
+The embedder is the identity classifier (its penultimate layer, :func:`~tf_models.models.classifier.with_embedding`),
+a face embedder (:func:`~tf_models.models.face_embedder.build_face_embedder`, e.g. the shipped ``faces`` weights)
 or a serving runtime (images -> (probabilities, embeddings)): the app enrols with the runtime it
 recognises with, so int8 and float32 embeddings are never compared.
 """
@@ -41,8 +42,15 @@ def embed_images(model: keras.Model | Embedder, paths: Sequence[str | Path],
 
     from tf_models.data.pipeline import make_dataset
     from tf_models.models.classifier import inference_function, with_embedding
+    from tf_models.models.face_embedder import is_face_embedder
 
-    if isinstance(model, keras.Model):
+    if isinstance(model, keras.Model) and is_face_embedder(model):  # images -> embedding only
+        dim, size = int(model.output_shape[-1]), tuple(int(v) for v in (image_size or model.input_shape[1:3]))
+        compiled_embedder = inference_function(model)
+
+        def infer(images: tf.Tensor) -> np.ndarray:
+            return compiled_embedder(images).numpy()
+    elif isinstance(model, keras.Model):
         embedder = with_embedding(model)
         dim = int(embedder.output["embedding"].shape[-1])
         size = tuple(int(v) for v in (image_size or embedder.input_shape[1:3]))

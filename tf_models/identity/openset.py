@@ -220,9 +220,11 @@ def evaluate_openset(run_dir: str | Path, data_dir: str | Path, target_far: floa
     ``openset.md`` and ``openset_roc.png`` under ``out``.
     """
     from tf_models.config import load_table
-    from tf_models.identity.embedding import table_embeddings
     from tf_models.runs import load_run_model, read_run
 
+    if str(run_dir) == "faces" or str(run_dir).startswith("faces:"):
+        return _evaluate_face_embedder(str(run_dir).partition(":")[2] or "mobilenetv2", data_dir, target_far, out,
+                                       batch_size or 32)
     run = read_run(run_dir)
     run_dir, config, class_names = run.run_dir, run.config, run.class_names
     if config.task != "identity" or run.crop is None:
@@ -233,11 +235,34 @@ def evaluate_openset(run_dir: str | Path, data_dir: str | Path, target_far: floa
         raise ValueError(f"{run_dir}/crop.json {run.crop} disagrees with config.yaml's crop fields "
                          f"{config.crop_settings()}; the run folder was edited. Restore one from the other.")
     model = load_run_model(run_dir)
-    table = load_table(config)
-    embeddings, names, splits = table_embeddings(model, table, batch_size=batch_size or config.batch_size)
+    return _evaluate_model(model, config, load_table(config), str(run_dir), class_names,
+                           target_far, out, batch_size or config.batch_size)
+
+
+def _evaluate_face_embedder(backbone: str, data_dir: str | Path, target_far: float, out: str | Path,
+                            batch_size: int) -> OpenSetResult:
+    """Open-set evaluation with the shipped ``faces`` embedder: no training on these people at all."""
+    from tf_models.config import TrainConfig, load_table
+    from tf_models.models.face_embedder import build_face_embedder
+
+    model = build_face_embedder(backbone)
+    # Folder-per-person photos cut out as identity training cuts them; photos that are already face
+    # crops (no face found) are kept whole.
+    config = TrainConfig(task="identity", data_dir=str(data_dir), backbone=backbone, weights="faces",
+                         keep_whole_if_no_face=True)
+    return _evaluate_model(model, config, load_table(config), f"faces:{backbone}", [], target_far, out, batch_size)
+
+
+def _evaluate_model(model, config, table, run_label: str, class_names: list[str], target_far: float,
+                    out: str | Path, batch_size: int) -> OpenSetResult:
+    from tf_models.identity.embedding import table_embeddings
+
+    data_dir = config.data_dir
+    embeddings, names, splits = table_embeddings(model, table, batch_size=batch_size)
     result = leave_one_person_out(embeddings, names, splits, target_far)
     seen = sorted(set(names) & set(class_names))
-    info = {"run": str(run_dir), "data_dir": str(data_dir), "backbone": config.backbone, "mode": config.mode,
+    mode = "faces embedder, no training" if run_label.startswith("faces:") else config.mode
+    info = {"run": run_label, "data_dir": str(data_dir), "backbone": config.backbone, "mode": mode,
             "input_size": "x".join(map(str, model.input_shape[1:3])), "embedding_dim": int(embeddings.shape[1]),
             "people": len(set(names)), "seen_by_model": len(seen),
             "faces (train/val/test)": "/".join(str(splits.count(s)) for s in ("train", "val", "test"))}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import hashlib
 import os
 import re
 from dataclasses import dataclass
@@ -17,10 +18,12 @@ from pathlib import Path
 from typing import Callable
 
 import keras
+import numpy as np
 
 from tf_models.models import alexnet
 
 _KERAS_WEIGHTS = "https://storage.googleapis.com/tensorflow/keras-applications"
+FACE_WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"  # package data: weights="faces"
 _MOBILENET_V2_ROWS = (96, 128, 160, 192, 224)
 
 
@@ -40,6 +43,23 @@ class ImagenetWeights:
 
 
 @dataclass(frozen=True)
+class FaceWeights:
+    """A face-pretrained embedder shipped inside the package (``weights="faces"``); see MODEL_CARD.md there."""
+
+    file: str  # file name in FACE_WEIGHTS_DIR: float16 .npz, backbone/<path> and head/<path> arrays
+    sha256: str  # checked before every load
+    input_size: tuple[int, int]  # (height, width) it was trained at
+    embedding_dim: int  # size of the embedding its projection makes
+    # cosine similarity to a person's 5-photo centroid at which 5% of their faces are rejected, measured
+    # on people never trained on (scripts/bench_faces.py): the app's gallery threshold for these weights
+    gallery_threshold: float = 0.5
+
+
+class FaceWeightsError(ValueError):
+    """Face weights are not shipped for a backbone, are corrupt, or do not fit the model."""
+
+
+@dataclass(frozen=True)
 class BackboneSpec:
     """Everything the suite needs to know about one backbone: one registry row."""
 
@@ -53,6 +73,7 @@ class BackboneSpec:
     feature_size: int  # channels after global pooling
     finetune_from: str  # default first trainable layer in finetune mode: the top block
     imagenet: ImagenetWeights | None  # None: no published ImageNet weights
+    faces: FaceWeights | None = None  # face-pretrained weights shipped in the package (weights="faces")
 
     def imagenet_file_name(self, input_shape: tuple[int, ...]) -> str:
         """File name Keras downloads and caches for this backbone's no-top ImageNet weights."""
@@ -169,7 +190,7 @@ def get_backbone(name: str) -> BackboneSpec:
 
 def backbone_table() -> str:
     """The registry as a plain-text table (what ``train.py --list-backbones`` prints)."""
-    header = ("name", "preprocessing", "default input", "min input", "features", "imagenet", "source")
+    header = ("name", "preprocessing", "default input", "min input", "features", "imagenet", "faces", "source")
     rows = [
         (
             spec.name,
@@ -178,6 +199,7 @@ def backbone_table() -> str:
             "x".join(map(str, spec.min_input)),
             str(spec.feature_size),
             "yes" if spec.imagenet else "no",
+            "x".join(map(str, spec.faces.input_size)) if spec.faces else "no",
             spec.source,
         )
         for spec in BACKBONES.values()
@@ -223,3 +245,47 @@ def resolve_imagenet_weights(spec: BackboneSpec, input_shape: tuple[int, ...]) -
             f"and copy it there, or pass weights='none' to train from random weights."
         ) from err
     return Path(path)
+
+
+def backbones_with_face_weights() -> list[str]:
+    """Registry names of the backbones that ship ``weights="faces"``."""
+    return [name for name, spec in BACKBONES.items() if spec.faces is not None]
+
+
+def face_weights_path(spec: BackboneSpec) -> Path:
+    """The hash-checked file of ``spec``'s face weights. Raises :class:`FaceWeightsError` saying what to do."""
+    if spec.faces is None:
+        have = ", ".join(backbones_with_face_weights()) or "none yet"
+        raise FaceWeightsError(
+            f"No face-pretrained weights are shipped for {spec.name}. Backbones with weights='faces': {have}. "
+            f"Use one of those, or weights='imagenet', 'none' or a file. Received: backbone={spec.name!r}, weights='faces'"
+        )
+    path = FACE_WEIGHTS_DIR / spec.faces.file
+    if not path.is_file():
+        raise FaceWeightsError(f"The face weights file {path.name} is missing from the installed package "
+                               f"(expected in {path.parent}); reinstall tf_models.")
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if digest != spec.faces.sha256:
+        raise FaceWeightsError(f"The face weights file {path} is corrupt: sha256 {digest}, expected "
+                               f"{spec.faces.sha256}. Reinstall tf_models.")
+    return path
+
+
+def read_face_weights(spec: BackboneSpec) -> dict[str, np.ndarray]:
+    """The arrays of ``spec``'s face weights (hash checked; no pickles)."""
+    with np.load(face_weights_path(spec), allow_pickle=False) as arrays:
+        return dict(arrays)
+
+
+def assign_face_weights(variables, arrays: dict[str, np.ndarray], prefix: str, backbone: str) -> None:
+    """Sets every variable from ``arrays[prefix + variable.path]``; a missing or misshapen one is an error."""
+    for variable in variables:
+        key = f"{prefix}{variable.path}"
+        if key not in arrays:
+            raise FaceWeightsError(f"The {backbone} face weights hold no {variable.path!r}: the file is for "
+                                   "another architecture. Never loaded in part.")
+        value = arrays[key]
+        if tuple(value.shape) != tuple(variable.shape):
+            raise FaceWeightsError(f"The {backbone} face weights give {variable.path!r} shape {tuple(value.shape)}; "
+                                   f"the model has {tuple(variable.shape)}.")
+        variable.assign(value.astype(variable.dtype))

@@ -26,7 +26,13 @@ from pathlib import Path
 import keras
 from keras import layers
 
-from tf_models.models.backbones import BackboneSpec, get_backbone, resolve_imagenet_weights
+from tf_models.models.backbones import (
+    BackboneSpec,
+    assign_face_weights,
+    get_backbone,
+    read_face_weights,
+    resolve_imagenet_weights,
+)
 from tf_models.models.preprocessing import ImagePreprocessing
 
 MODES = ("transfer", "finetune", "scratch")
@@ -52,15 +58,15 @@ REFERENCE_HEAD = HeadConfig(units=(1024, 256, 64, 32), dropout=0.2)
 
 
 def normalize_weights(weights: str | Path | None) -> str | Path | None:
-    """``None``/'none' -> None, 'imagenet' stays, anything else is a path that must exist."""
+    """``None``/'none' -> None, 'imagenet' and 'faces' stay, anything else is a path that must exist."""
     if weights is None or (isinstance(weights, str) and weights.strip().lower() in ("none", "")):
         return None
-    if isinstance(weights, str) and weights.strip().lower() == "imagenet":
-        return "imagenet"
+    if isinstance(weights, str) and weights.strip().lower() in ("imagenet", "faces"):
+        return weights.strip().lower()
     path = Path(weights).expanduser()
     if path.suffix.lower() not in (".h5", ".hdf5", ".keras"):
         raise ValueError(
-            "weights must be 'imagenet', 'none' or a path to a .h5 / .weights.h5 / .keras file. "
+            "weights must be 'imagenet', 'faces', 'none' or a path to a .h5 / .weights.h5 / .keras file. "
             f"Received: weights={str(weights)!r}"
         )
     if not path.is_file():
@@ -89,7 +95,16 @@ def normalize_input_shape(spec: BackboneSpec, input_shape: Sequence[int] | None)
 
 
 def build_backbone(spec: BackboneSpec, input_shape: tuple[int, int, int], weights: str | Path | None) -> keras.Model:
-    """The headless backbone with the requested weights loaded. Never silently random."""
+    """The headless backbone with the requested weights loaded. Never silently random.
+
+    ``weights``: 'imagenet' (Keras's file, cached or downloaded), 'faces' (the face-pretrained weights
+    shipped in the package, hash checked), None, or a path.
+    """
+    if weights == "faces":
+        arrays = read_face_weights(spec)  # raises, naming the backbones that have them, before building
+        base = spec.builder(include_top=False, weights=None, input_shape=input_shape, name=BACKBONE_LAYER)
+        assign_face_weights(base.weights, arrays, "backbone/", spec.name)
+        return base
     weights_path = resolve_imagenet_weights(spec, input_shape) if weights == "imagenet" else weights
     base = spec.builder(include_top=False, weights=None, input_shape=input_shape, name=BACKBONE_LAYER)
     if weights_path is not None:
@@ -157,15 +172,18 @@ def build_classifier(
     Args:
         backbone: a registry name (see ``tf_models.list_backbones()``).
         num_classes: number of classes, at least 2 (binary tasks use 2 softmax units).
-        input_shape: (height, width[, 3]); default: the backbone's own.
+        input_shape: (height, width[, 3]); default: the backbone's own (with 'faces': their training size).
         mode: 'transfer', 'finetune' or 'scratch' (see the module docstring).
-        weights: 'imagenet', 'none'/None, or a path to a weights file for the headless backbone.
+        weights: 'imagenet', 'faces' (shipped face-pretrained weights), 'none'/None, or a path to a
+            weights file for the headless backbone.
         head: the hidden layers of the head; default ``HeadConfig()``.
         finetune_layers: finetune mode: train the top N backbone layers.
         finetune_from: finetune mode: train from this backbone layer up (default: the top block).
     """
     spec = get_backbone(backbone)
     weights = _checked_arguments(spec, int(num_classes), mode, weights, finetune_layers, finetune_from)
+    if input_shape is None and weights == "faces" and spec.faces is not None:
+        input_shape = spec.faces.input_size  # the size the face weights were trained at
     shape = normalize_input_shape(spec, input_shape)
     head = head or HeadConfig()
 

@@ -82,7 +82,7 @@ class Predictor:
     def __init__(self, runtime: Runtime, class_names: Sequence[str], input_size: Sequence[int],
                  crop: CropSettings | None = None, *, top_k: int = 3, whole_image_if_no_face: bool = False,
                  batch_size: int | None = None) -> None:
-        if len(class_names) < 2:
+        if len(class_names) == 1:  # none at all: a face embedder (embeddings only, for a gallery)
             raise ValueError(f"A classifier needs at least 2 class names. Received: class_names={list(class_names)!r}")
         if int(top_k) < 1:
             raise ValueError(f"top_k must be >= 1. Received: top_k={top_k!r}")
@@ -91,7 +91,7 @@ class Predictor:
         self.runtime = runtime
         self.class_names = list(class_names)
         self.framer = FaceFramer(input_size, crop, whole_image_if_no_face)
-        self.top_k = min(int(top_k), len(self.class_names))
+        self.top_k = min(int(top_k), max(1, len(self.class_names)))
         self.batch_size = None if batch_size is None else int(batch_size)
 
     def __repr__(self) -> str:
@@ -124,6 +124,26 @@ class Predictor:
         engine = serve_run(run, model, runtime)
         return cls(engine, run.class_names, input_size, run.crop, top_k=top_k,
                    whole_image_if_no_face=whole_image_if_no_face, batch_size=batch_size)
+
+    @classmethod
+    def from_face_weights(cls, backbone: str = "mobilenetv2", *, batch_size: int | None = None) -> Predictor:
+        """Serves the shipped face embedder (``weights="faces"``): embeddings only, no classes.
+
+        Faces are cut out as face pretraining cut them (the default :class:`CropSettings`), so a
+        gallery of these embeddings needs no training run at all.
+        """
+        from tf_models.models.backbones import get_backbone
+        from tf_models.models.face_embedder import build_face_embedder
+        from tf_models.serve.runtimes import CompiledEmbedderRuntime
+
+        spec = get_backbone(backbone)
+        runtime = CompiledEmbedderRuntime(build_face_embedder(spec.name))
+        return cls(runtime, [], spec.faces.input_size, CropSettings(), batch_size=batch_size)
+
+    @property
+    def embeds_only(self) -> bool:
+        """True for a face embedder: :attr:`FacePrediction.embedding` is all it gives."""
+        return not self.class_names
 
     @classmethod
     def from_export(cls, path: str | Path, *, top_k: int = 3, whole_image_if_no_face: bool = False,
@@ -209,7 +229,7 @@ class Predictor:
     def _face(self, box: tuple[int, int, int, int], detection: float | None, probabilities: np.ndarray,
               embedding: np.ndarray) -> FacePrediction:
         order = np.argsort(-probabilities, kind="stable")[: self.top_k]
-        top = [(self.class_names[k], float(probabilities[k])) for k in order]
+        top = [(self.class_names[k], float(probabilities[k])) for k in order] or [("", 0.0)]  # embedder: no class
         return FacePrediction(tuple(int(v) for v in box), top[0][0], top[0][1], top, detection, embedding)
 
 

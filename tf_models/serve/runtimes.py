@@ -66,6 +66,21 @@ class CompiledRuntime:
         return _split({k: v.numpy() for k, v in self._fn(images).items()})
 
 
+class CompiledEmbedderRuntime:
+    """A face embedder (:func:`tf_models.models.face_embedder.build_face_embedder`) as a runtime: no
+    class probabilities (an N x 0 array), the unit embeddings. One ``tf.function`` for any batch."""
+
+    name = "compiled"
+
+    def __init__(self, model: keras.Model) -> None:
+        self.model = model
+        self._fn = inference_function(model, model.input_shape[1:3])
+
+    def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        embeddings = np.asarray(self._fn(images), dtype=np.float32)
+        return np.zeros((len(embeddings), 0), np.float32), embeddings
+
+
 class KerasPredictRuntime:
     """``model.predict`` per call: the usual notebook way, and the benchmark's baseline."""
 
@@ -163,6 +178,7 @@ def file_runtime(runtime: str, path: Path) -> Runtime:
 __all__ = [
     "EXPORTED_RUNTIMES",
     "RUNTIMES",
+    "CompiledEmbedderRuntime",
     "CompiledRuntime",
     "KerasPredictRuntime",
     "OnnxRuntime",

@@ -1,0 +1,47 @@
+#!/usr/bin/env python
+"""Face embeddings on people never trained on: the shipped weights="faces", other runs, dlib.
+
+    python scripts/bench_faces.py                                   # faces (shipped) + dlib
+    python scripts/bench_faces.py --run scratch=runs/faces/mobilenetv2_arcface
+
+Verification (3,000 + 3,000 pairs, 10 folds), TAR at FAR 1% / 0.1%, K-shot identification
+(K = 1, 3, 5) and open-set FAR at FRR 5%, side by side, on the people face pretraining held out.
+dlib's row needs the benchmark-only extra: pip install dlib-bin face_recognition_models.
+Writes faces.csv, faces.md and roc.png to --out; the headline is the last line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-root", default="../shared/data", help="shared data folder (faces/, celeba/)")
+    parser.add_argument("--run", action="append", default=[], metavar="NAME=RUN_DIR",
+                        help="another face pretraining run to compare (repeatable)")
+    parser.add_argument("--backbone", default="mobilenetv2", help="backbone whose shipped faces weights to test")
+    parser.add_argument("--no-dlib", action="store_true", help="leave out dlib's reference row")
+    parser.add_argument("--pairs", type=int, default=3000, help="genuine and impostor pairs, each (default 3000)")
+    parser.add_argument("--out", default="results/faces")
+    args = parser.parse_args(argv)
+    runs = {}
+    for item in args.run:
+        name, sep, path = item.partition("=")
+        if not sep:
+            parser.error(f"--run takes NAME=RUN_DIR. Received: {item!r}")
+        runs[name] = path
+
+    from tf_models.bench.faces import bench_faces
+
+    table = bench_faces(args.data_root, args.out, runs=runs, backbone=args.backbone, include_dlib=not args.no_dlib,
+                        genuine=args.pairs, impostor=args.pairs)
+    print(table.to_string(index=False))
+    with open(f"{args.out}/faces.md") as handle:
+        print(handle.read().strip().splitlines()[-1])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,170 @@
+"""How well an embedding tells people apart: verification, K-shot identification, open-set rejection.
+
+Plain numpy on unit embeddings (any embedder: ours, dlib's), the protocols of face-recognition papers:
+
+- :func:`sample_pairs` + :func:`verification_folds`: LFW-style 10-fold verification (threshold chosen
+  on 9 folds, accuracy on the 10th) and :func:`tar_at_far` (true accepts at a false-accept rate).
+- :func:`kshot_identification`: enrol K photos per person (their centroid), name every other photo
+  by the nearest centroid.
+- :func:`openset_far_at_frr`: leave one person out of the gallery; at the threshold that rejects
+  ``frr`` of the known people's photos, how many of the stranger's photos are accepted as someone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from tf_models.identity.gallery import l2_normalize
+
+
+def _groups(people: Sequence[str]) -> dict[str, np.ndarray]:
+    people = np.asarray(people, dtype=object)
+    return {name: np.flatnonzero(people == name) for name in dict.fromkeys(people.tolist())}
+
+
+def sample_pairs(people: Sequence[str], genuine: int = 3000, impostor: int = 3000,
+                 seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(pairs (n, 2) of row indices, same (n,) bool): distinct genuine and impostor pairs.
+
+    Genuine pairs are spread over people (a person is drawn first, then two of their photos), so a
+    few people with hundreds of photos do not make up the whole test. Raises when the people cannot
+    give that many distinct pairs.
+    """
+    rng = np.random.default_rng(seed)
+    groups = [rows for rows in _groups(people).values() if len(rows) > 1]
+    possible = sum(len(r) * (len(r) - 1) // 2 for r in groups)
+    if possible < genuine:
+        raise ValueError(f"These people give only {possible} distinct genuine pairs. Received: genuine={genuine}")
+    chosen: set[tuple[int, int]] = set()
+    while len(chosen) < genuine:
+        rows = groups[rng.integers(len(groups))]
+        a, b = sorted(rng.choice(rows, 2, replace=False).tolist())
+        chosen.add((a, b))
+    people_arr = np.asarray(people, dtype=object)
+    impostors: set[tuple[int, int]] = set()
+    while len(impostors) < impostor:
+        a, b = sorted(rng.integers(0, len(people_arr), 2).tolist())
+        if people_arr[a] != people_arr[b]:
+            impostors.add((a, b))
+    pairs = np.array(sorted(chosen) + sorted(impostors), dtype=np.int64)
+    same = np.r_[np.ones(genuine, bool), np.zeros(impostor, bool)]
+    order = rng.permutation(len(pairs))  # folds mix genuine and impostor pairs
+    return pairs[order], same[order]
+
+
+def pair_scores(embeddings: np.ndarray, pairs: np.ndarray) -> np.ndarray:
+    """Cosine similarity of each pair (embeddings are normalised here)."""
+    vectors = l2_normalize(np.asarray(embeddings, np.float32))
+    return np.sum(vectors[pairs[:, 0]] * vectors[pairs[:, 1]], axis=1)
+
+
+def best_threshold(scores: np.ndarray, same: np.ndarray) -> float:
+    """The threshold (``score >= t`` means same person) with the highest accuracy on these pairs."""
+    candidates = np.unique(scores)
+    # midpoints between neighbouring scores, plus both ends
+    cuts = np.r_[candidates[0] - 1e-6, (candidates[1:] + candidates[:-1]) / 2, candidates[-1] + 1e-6]
+    order = np.argsort(scores)
+    sorted_scores, sorted_same = scores[order], same[order]
+    below = np.searchsorted(sorted_scores, cuts, side="left")  # pairs with score < cut
+    genuine_below = np.r_[0, np.cumsum(sorted_same)][below]
+    impostor_below = below - genuine_below
+    correct = impostor_below + (sorted_same.sum() - genuine_below)
+    return float(cuts[int(np.argmax(correct))])
+
+
+def verification_folds(scores: np.ndarray, same: np.ndarray, folds: int = 10) -> np.ndarray:
+    """Accuracy on each fold with the threshold chosen on the other folds (the LFW protocol)."""
+    index = np.arange(len(scores)) % folds
+    accuracies = []
+    for fold in range(folds):
+        test = index == fold
+        threshold = best_threshold(scores[~test], same[~test])
+        accuracies.append(float(np.mean((scores[test] >= threshold) == same[test])))
+    return np.array(accuracies)
+
+
+def tar_at_far(scores: np.ndarray, same: np.ndarray, far: float) -> float:
+    """Share of genuine pairs accepted at the threshold where ``far`` of impostor pairs are accepted."""
+    impostor = np.sort(scores[~same])[::-1]
+    accepted = int(np.floor(far * len(impostor)))
+    threshold = impostor[accepted] if accepted < len(impostor) else -np.inf
+    return float(np.mean(scores[same] > threshold))
+
+
+def roc_curve(scores: np.ndarray, same: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(false-accept rates, true-accept rates) over every threshold, FAR ascending."""
+    order = np.argsort(-scores)
+    tp = np.cumsum(same[order]) / max(1, same.sum())
+    fp = np.cumsum(~same[order]) / max(1, (~same).sum())
+    return np.r_[0.0, fp], np.r_[0.0, tp]
+
+
+def kshot_identification(embeddings: np.ndarray, people: Sequence[str], shots: int, repeats: int = 5,
+                         seed: int = 0) -> tuple[float, int]:
+    """(mean accuracy, test photos per repeat): enrol ``shots`` photos a person, name the rest.
+
+    Every person with more than ``shots`` photos takes part; the gallery holds all of them.
+    """
+    vectors = l2_normalize(np.asarray(embeddings, np.float32))
+    groups = {name: rows for name, rows in _groups(people).items() if len(rows) > shots}
+    if len(groups) < 2:
+        raise ValueError(f"K-shot identification needs at least 2 people with more than {shots} photos.")
+    rng = np.random.default_rng(seed)
+    names = list(groups)
+    accuracies, tested = [], 0
+    for _ in range(repeats):
+        centroids, probes, truth = [], [], []
+        for k, name in enumerate(names):
+            rows = rng.permutation(groups[name])
+            centroids.append(vectors[rows[:shots]].mean(axis=0))
+            probes.append(rows[shots:])
+            truth += [k] * (len(rows) - shots)
+        gallery = l2_normalize(np.stack(centroids))
+        predicted = np.argmax(vectors[np.concatenate(probes)] @ gallery.T, axis=1)
+        accuracies.append(float(np.mean(predicted == np.asarray(truth))))
+        tested = len(truth)
+    return float(np.mean(accuracies)), tested
+
+
+def openset_far_at_frr(embeddings: np.ndarray, people: Sequence[str], frr: float = 0.05, shots: int = 5,
+                       seed: int = 0) -> dict[str, float]:
+    """Leave one person out: FAR of strangers at the threshold that falsely rejects ``frr`` of known faces.
+
+    Every person with more than ``shots`` photos is enrolled from ``shots`` of them (centroid). For each
+    person in turn, the gallery is everyone else: the left-out person's photos are strangers (their
+    best similarity to anyone); the others' remaining photos are known faces (similarity to their
+    own centroid, and whether that centroid is also the nearest). One threshold over all folds.
+    """
+    vectors = l2_normalize(np.asarray(embeddings, np.float32))
+    groups = {name: rows for name, rows in _groups(people).items() if len(rows) > shots}
+    rng = np.random.default_rng(seed)
+    names = list(groups)
+    enrol, probes, owner = [], [], []
+    for k, name in enumerate(names):
+        rows = rng.permutation(groups[name])
+        enrol.append(vectors[rows[:shots]].mean(axis=0))
+        probes.append(rows[shots:])
+        owner += [k] * (len(rows) - shots)
+    centroids = l2_normalize(np.stack(enrol))
+    probe_rows = np.concatenate(probes)
+    owner = np.asarray(owner)
+    similarity = vectors[probe_rows] @ centroids.T  # probes x people
+    own = similarity[np.arange(len(owner)), owner]
+    # Known faces: own-centroid similarity; a face whose nearest centroid is someone else counts as
+    # rejected at any threshold when its own similarity is below that other one (it would be misnamed).
+    others = similarity.copy()
+    others[np.arange(len(owner)), owner] = -np.inf
+    misnamed = others.max(axis=1) > own
+    threshold = float(np.quantile(own, frr))
+    known_rejected = float(np.mean((own < threshold) | misnamed))
+    # Strangers: each person's probes against the gallery without them.
+    stranger_best = others.max(axis=1)
+    far = float(np.mean(stranger_best >= threshold))
+    return {"far": far, "frr": known_rejected, "threshold": threshold, "people": len(names),
+            "stranger_faces": int(len(owner))}
+
+
+__all__ = ["best_threshold", "kshot_identification", "openset_far_at_frr", "pair_scores", "roc_curve",
+           "sample_pairs", "tar_at_far", "verification_folds"]
