@@ -1,0 +1,128 @@
+"""weights="faces": the face embedder shipped in the package (loads offline, hash checked, right backbone only)."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+
+import keras
+import numpy as np
+import pytest
+
+from conftest import SHARED_DATA
+from tf_models.images import read_image
+from tf_models.models import backbones
+from tf_models.models.backbones import FaceWeightsError, backbones_with_face_weights, get_backbone
+from tf_models.models.classifier import BACKBONE_LAYER, build_classifier
+from tf_models.models.face_embedder import MarginLogits, build_face_embedder, is_face_embedder, save_face_weights
+
+FACES_BACKBONE = "mobilenetv2"
+
+
+def test_faces_weights_ship_for_the_registry_backbone_and_are_small():
+    assert FACES_BACKBONE in backbones_with_face_weights()
+    spec = get_backbone(FACES_BACKBONE)
+    path = backbones.face_weights_path(spec)  # hash checked
+    assert path.stat().st_size <= 12 * 2**20
+    assert (path.parent / "MODEL_CARD.md").is_file()
+
+
+def test_faces_embedder_loads_offline_and_tells_people_apart(monkeypatch):
+    def no_network(*args, **kwargs):
+        raise AssertionError("weights='faces' must not download anything")
+
+    monkeypatch.setattr(keras.utils, "get_file", no_network)
+    embedder = build_face_embedder(FACES_BACKBONE)
+    assert is_face_embedder(embedder)
+    spec = get_backbone(FACES_BACKBONE)
+    assert tuple(embedder.input_shape[1:3]) == spec.faces.input_size
+    # Real faces: ORL photos (never used in pretraining) of the same person are closer than of others.
+    from tf_models.faces.framing import resize_to_input
+
+    people = [f"s{k}" for k in range(1, 9)]
+    images = np.stack([read_image(SHARED_DATA / "orl_faces" / p / f"{i}.pgm") for p in people for i in (1, 2, 3)])
+    squares = np.stack([np.pad(im, ((0, 0), (10, 10), (0, 0))) for im in images])  # 112x112: ORL is 92 wide
+    vectors = embedder.predict(resize_to_input(squares, spec.faces.input_size), verbose=0)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-4)
+    similarity = vectors @ vectors.T
+    owner = np.repeat(np.arange(len(people)), 3)
+    same = (owner[:, None] == owner[None, :]) & ~np.eye(len(owner), dtype=bool)
+    different = owner[:, None] != owner[None, :]
+    assert similarity[same].mean() > similarity[different].mean() + 0.2
+
+
+def test_classifier_starts_from_the_faces_backbone_in_transfer_and_finetune():
+    arrays = backbones.read_face_weights(get_backbone(FACES_BACKBONE))
+    for mode in ("transfer", "finetune"):
+        model = build_classifier(FACES_BACKBONE, 3, mode=mode, weights="faces")
+        assert model.input_shape[1:3] == get_backbone(FACES_BACKBONE).faces.input_size
+        base = model.get_layer(BACKBONE_LAYER)
+        for variable in base.weights[:5] + base.weights[-3:]:
+            np.testing.assert_allclose(variable.numpy(), arrays[f"backbone/{variable.path}"].astype(np.float32))
+        assert any(w.trainable for w in base.layers) == (mode == "finetune")
+
+
+def test_faces_weights_for_another_backbone_is_a_clear_error():
+    with pytest.raises(FaceWeightsError, match=r"No face-pretrained weights are shipped for resnet50.*mobilenetv2"):
+        build_classifier("resnet50", 2, input_shape=(32, 32), weights="faces")
+    with pytest.raises(FaceWeightsError, match="Backbones with weights='faces': mobilenetv2"):
+        build_face_embedder("alexnet_bn")
+
+
+def test_corrupt_or_foreign_faces_weights_are_refused(tmp_path, monkeypatch):
+    spec = get_backbone(FACES_BACKBONE)
+    copy = tmp_path / spec.faces.file
+    shutil.copy(backbones.face_weights_path(spec), copy)
+    monkeypatch.setattr(backbones, "FACE_WEIGHTS_DIR", tmp_path)
+    data = bytearray(copy.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    copy.write_bytes(bytes(data))
+    with pytest.raises(FaceWeightsError, match="corrupt: sha256"):
+        build_face_embedder(FACES_BACKBONE)
+    # A file with the right hash but another architecture's arrays never loads in part.
+    small = build_face_embedder("alexnet_bn", (72, 72), weights=None)
+    digest = save_face_weights(small, copy)
+    foreign = {**backbones.BACKBONES, FACES_BACKBONE: dataclasses.replace(
+        spec, faces=dataclasses.replace(spec.faces, sha256=digest))}
+    monkeypatch.setattr(backbones, "BACKBONES", foreign)
+    with pytest.raises(FaceWeightsError, match="another architecture"):
+        build_classifier(FACES_BACKBONE, 2, weights="faces")
+    copy.unlink()
+    with pytest.raises(FaceWeightsError, match="missing from the installed package"):
+        build_face_embedder(FACES_BACKBONE)
+
+
+def test_arcface_and_cosface_logits_put_the_margin_on_the_true_class_only():
+    rng = np.random.default_rng(0)
+    embedding = rng.normal(size=(4, 8)).astype(np.float32)
+    embedding /= np.linalg.norm(embedding, axis=1, keepdims=True)
+    labels = np.array([0, 1, 2, 1])
+    for loss, margin in (("arcface", 0.3), ("cosface", 0.2)):
+        layer = MarginLogits(3, loss, scale=10.0, margin=margin)
+        logits = keras.ops.convert_to_numpy(layer([embedding, labels]))
+        centres = layer.centres.numpy() / np.linalg.norm(layer.centres.numpy(), axis=0, keepdims=True)
+        cosine = embedding @ centres
+        expected = 10.0 * cosine
+        true = cosine[np.arange(4), labels]
+        target = np.cos(np.arccos(true) + margin) if loss == "arcface" else true - margin
+        expected[np.arange(4), labels] = 10.0 * target
+        np.testing.assert_allclose(logits, expected, atol=1e-4)
+
+
+def test_train_transfer_from_faces_on_student_photos(tmp_path):
+    """`scripts/train.py --weights faces` end to end: the run starts from the shipped backbone."""
+    from conftest import REPO_ROOT
+    from tf_models.config import TrainConfig
+    from tf_models.runs import load_run_model
+    from tf_models.train.training import train
+
+    config = TrainConfig(task="identity", data_dir=str(REPO_ROOT / "datasets" / "students" / "sample"),
+                         backbone=FACES_BACKBONE, mode="transfer", weights="faces", head_units=(), epochs=2,
+                         batch_size=16, val_fraction=0.17, test_fraction=0.17, out=str(tmp_path / "run"),
+                         cache_dir=str(tmp_path / "cache"))
+    result = train(config, verbose=0)
+    assert result.metrics["input_size"] == list(get_backbone(FACES_BACKBONE).faces.input_size)
+    model = load_run_model(result.run_dir)
+    arrays = backbones.read_face_weights(get_backbone(FACES_BACKBONE))
+    kernel = model.get_layer(BACKBONE_LAYER).weights[0]
+    np.testing.assert_allclose(kernel.numpy(), arrays[f"backbone/{kernel.path}"].astype(np.float32))  # frozen
