@@ -42,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     from tf_models.bench.faces import bench_faces, orl_transfer_benchmark
 
     if not args.no_orl:
-        orl = orl_transfer_benchmark(args.orl, args.out, args.runs_dir, backbone=args.backbone)
+        orl = orl_transfer_benchmark(args.orl, args.out, args.runs_dir, "configs/quality_identity.yaml",
+                                     backbone=args.backbone)
         print(orl.to_string(index=False))
     table = bench_faces(args.data_root, args.out, runs=runs, backbone=args.backbone, include_dlib=not args.no_dlib,
                         genuine=args.pairs, impostor=args.pairs,

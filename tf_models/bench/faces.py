@@ -145,7 +145,7 @@ def keras_embedder(model, input_size: tuple[int, int]) -> Callable[[np.ndarray],
 
 def bench_faces(data_root: str | Path, out: str | Path, *, runs: dict[str, str | Path] | None = None,
                 backbone: str = "mobilenetv2", include_dlib: bool = True, genuine: int = 3000,
-                impostor: int = 3000, seed: int = 0, cache_dir: str | Path = ".cache/face_pretraining",
+                impostor: int = 3000, seed: int = 0, cache_dir: str | Path | None = None,
                 command: str = "") -> pd.DataFrame:
     """The benchmark of the shipped ``faces`` weights, other runs and dlib on the held-out people."""
     import keras
@@ -155,7 +155,9 @@ def bench_faces(data_root: str | Path, out: str | Path, *, runs: dict[str, str |
     from tf_models.models.face_embedder import build_face_embedder
     from tf_models.train.face_pretraining import EMBEDDER_FILE, PretrainConfig, load_pretraining_faces
 
-    config = PretrainConfig(data_root=str(data_root), cache_dir=str(cache_dir))
+    config = PretrainConfig(data_root=str(data_root))  # the preparation cache face pretraining made
+    if cache_dir is not None:
+        config.cache_dir = str(cache_dir)
     _, faces = load_pretraining_faces(config)
     held_out = (faces.rows["split"] == "eval").to_numpy()
     crops, people = faces.crops[held_out], faces.rows.loc[held_out, "person"].tolist()
@@ -186,8 +188,8 @@ def bench_faces(data_root: str | Path, out: str | Path, *, runs: dict[str, str |
 ORL_SHOTS = 3
 
 
-def orl_transfer_benchmark(orl_dir: str | Path, out: str | Path, runs_dir: str | Path, *,
-                           recipe: str | Path = "configs/quality_identity.yaml", backbone: str = "mobilenetv2",
+def orl_transfer_benchmark(orl_dir: str | Path, out: str | Path, runs_dir: str | Path, recipe: str | Path, *,
+                           backbone: str = "mobilenetv2",
                            epochs: int | None = None, seed: int = 0) -> pd.DataFrame:
     """Identity on ORL from 3 photos a person: scratch (the quality recipe) vs transfer from ``faces``,
     and the ``faces`` embedder's nearest centroid with no training at all. Same split for every row.

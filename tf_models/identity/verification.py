@@ -101,6 +101,18 @@ def roc_curve(scores: np.ndarray, same: np.ndarray) -> tuple[np.ndarray, np.ndar
     return np.r_[0.0, fp], np.r_[0.0, tp]
 
 
+def _enrol_centroids(vectors: np.ndarray, people_rows: Sequence[np.ndarray], shots: int,
+                     rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each person enrolled from ``shots`` random photos: (unit centroids, the other rows, their person index)."""
+    centroids, probes, owner = [], [], []
+    for k, rows in enumerate(people_rows):
+        rows = rng.permutation(rows)
+        centroids.append(vectors[rows[:shots]].mean(axis=0))
+        probes.append(rows[shots:])
+        owner.append(np.full(len(rows) - shots, k))
+    return l2_normalize(np.stack(centroids)), np.concatenate(probes), np.concatenate(owner)
+
+
 def kshot_identification(embeddings: np.ndarray, people: Sequence[str], shots: int, repeats: int = 5,
                          seed: int = 0) -> tuple[float, int]:
     """(mean accuracy, test photos per repeat): enrol ``shots`` photos a person, name the rest.
@@ -115,16 +127,10 @@ def kshot_identification(embeddings: np.ndarray, people: Sequence[str], shots: i
     names = list(groups)
     accuracies, tested = [], 0
     for _ in range(repeats):
-        centroids, probes, truth = [], [], []
-        for k, name in enumerate(names):
-            rows = rng.permutation(groups[name])
-            centroids.append(vectors[rows[:shots]].mean(axis=0))
-            probes.append(rows[shots:])
-            truth += [k] * (len(rows) - shots)
-        gallery = l2_normalize(np.stack(centroids))
-        predicted = np.argmax(vectors[np.concatenate(probes)] @ gallery.T, axis=1)
-        accuracies.append(float(np.mean(predicted == np.asarray(truth))))
-        tested = len(truth)
+        gallery, probe_rows, owner = _enrol_centroids(vectors, [groups[name] for name in names], shots, rng)
+        predicted = np.argmax(vectors[probe_rows] @ gallery.T, axis=1)
+        accuracies.append(float(np.mean(predicted == owner)))
+        tested = len(owner)
     return float(np.mean(accuracies)), tested
 
 
@@ -141,15 +147,7 @@ def openset_far_at_frr(embeddings: np.ndarray, people: Sequence[str], frr: float
     groups = {name: rows for name, rows in _groups(people).items() if len(rows) > shots}
     rng = np.random.default_rng(seed)
     names = list(groups)
-    enrol, probes, owner = [], [], []
-    for k, name in enumerate(names):
-        rows = rng.permutation(groups[name])
-        enrol.append(vectors[rows[:shots]].mean(axis=0))
-        probes.append(rows[shots:])
-        owner += [k] * (len(rows) - shots)
-    centroids = l2_normalize(np.stack(enrol))
-    probe_rows = np.concatenate(probes)
-    owner = np.asarray(owner)
+    centroids, probe_rows, owner = _enrol_centroids(vectors, [groups[name] for name in names], shots, rng)
     similarity = vectors[probe_rows] @ centroids.T  # probes x people
     own = similarity[np.arange(len(owner)), owner]
     # Known faces: own-centroid similarity; a face whose nearest centroid is someone else counts as

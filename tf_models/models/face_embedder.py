@@ -78,8 +78,8 @@ def build_face_embedder(backbone: str, input_size: Sequence[int] | None = None, 
     weights = None if weights in (None, "none") else weights
     if weights not in (None, "faces", "imagenet"):
         raise ValueError(f"weights must be 'faces', 'imagenet' or 'none'. Received: weights={weights!r}")
+    arrays = read_face_weights(spec) if weights == "faces" else None  # hash checked; errors before building
     if weights == "faces":
-        face_weights_path(spec)  # a clear error before anything is built
         if input_size is None:
             input_size = spec.faces.input_size
         embedding_dim = spec.faces.embedding_dim
@@ -99,8 +99,7 @@ def build_face_embedder(backbone: str, input_size: Sequence[int] | None = None, 
     outputs = layers.UnitNormalization(axis=-1, dtype="float32", name=EMBEDDING_OUTPUT)(x)
     model = keras.Model(inputs, outputs, name=f"{spec.name}_face_embedder")
     assert base.name == BACKBONE_LAYER
-    if weights == "faces":
-        arrays = read_face_weights(spec)
+    if arrays is not None:
         assign_face_weights(base.weights, arrays, "backbone/", spec.name)
         for name in (PROJECTION_LAYER, PROJECTION_BN_LAYER):
             assign_face_weights(model.get_layer(name).weights, arrays, "head/", spec.name)

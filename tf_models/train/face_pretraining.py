@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import weakref
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -201,15 +202,15 @@ def embed_crops(embedder: keras.Model, crops: np.ndarray, input_size: tuple[int,
     return np.concatenate(out) if out else np.zeros((0, embedder.output_shape[-1]), np.float32)
 
 
-_INFERENCE: dict[int, Any] = {}
+_INFERENCE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _inference(embedder: keras.Model, input_size: tuple[int, int]):
-    """The embedder's traced inference call, built once per model (tracing costs seconds)."""
-    key = id(embedder)
-    if key not in _INFERENCE:
-        _INFERENCE[key] = inference_function(embedder, input_size)
-    return _INFERENCE[key]
+    """The embedder's traced inference call, built once per model (tracing costs seconds; the progress
+    callback embeds every epoch). Held weakly: a model that is gone takes its function with it."""
+    if embedder not in _INFERENCE:
+        _INFERENCE[embedder] = inference_function(embedder, input_size)
+    return _INFERENCE[embedder]
 
 
 def pair_accuracy(embeddings: np.ndarray, people: np.ndarray, pairs: int = 2000, seed: int = 0) -> dict[str, float]:
