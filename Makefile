@@ -20,8 +20,10 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PY) -m pip install -r requirements-dev.txt -e .
 	touch $(STAMP)
 
-# The main job on the bundled samples, offline and CPU-friendly (no ImageNet download: from scratch).
-DEMO_COMMON := --modes scratch --input-size 72 72 --runs-dir runs/demo --results-dir results
+# The main job on the bundled samples, offline and CPU-friendly: from scratch (72x72) beside transfer
+# and fine-tuning from the shipped face-pretrained weights (112x112, no download); backbones without
+# face weights get a row saying so.
+DEMO_COMMON := --modes scratch transfer finetune --weights faces --input-size 72 72 --runs-dir runs/demo --results-dir results
 
 demo: setup
 	$(PY) scripts/train.py --list-backbones

@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Gradio app: every face in a photo boxed and labelled (gender, identity or Unknown), attendance marked.
 
-    python app_gradio.py                     # the best gender run of `make demo`, identity by the shipped face embedder
+    python app_gradio.py                     # the best gender run of `make demo` (else the shipped release model),
+                                             # identity by the shipped face embedder
     python app_gradio.py --enrol-dir datasets/students/sample      # ... with these people enrolled at start
     python app_gradio.py --gender-run runs/gender_resnet50 --identity-run runs/students --share
     TF_MODELS_ADMIN_PASSWORD=... python app_gradio.py --server-name 0.0.0.0 --server-port 7860
@@ -65,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--enrol-dir", help="enrol every <Person Name>/ folder of photos in DIR at start")
     parser.add_argument("--best-dir", default=DEFAULT_BEST_DIR,
                         help=f"where `make demo` records the best runs (default: {DEFAULT_BEST_DIR})")
+    parser.add_argument("--release-dir", default=None,
+                        help="release models served when no best run is recorded (default: the package's, "
+                             "made by scripts/make_release.py)")
     parser.add_argument("--state-dir", default=os.environ.get("TF_MODELS_STATE_DIR", DEFAULT_STATE_DIR),
                         help="gallery and attendance database (default: $TF_MODELS_STATE_DIR, else "
                              f"{DEFAULT_STATE_DIR}/; on a Space with persistent storage: /data/app_state)")
@@ -243,7 +247,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         service = FaceService.from_runs(args.gender_run, args.identity_run, state_dir=args.state_dir,
-                                        best_dir=args.best_dir, runtime=args.runtime, max_faces=args.max_faces,
+                                        best_dir=args.best_dir, release_dir=args.release_dir,
+                                        runtime=args.runtime, max_faces=args.max_faces,
                                         target_far=args.target_far)
     except NoTrainedModel as err:
         print(f"app_gradio.py: {err}", file=sys.stderr)

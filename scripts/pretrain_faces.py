@@ -26,6 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--lr", type=float)
+    parser.add_argument("--init-from", help="an earlier run's embedder.keras to continue from (a new schedule)")
     parser.add_argument("--prepare-only", action="store_true", help="frame the faces (and teacher) and stop")
     args = parser.parse_args(argv)
 
@@ -33,7 +34,8 @@ def main(argv: list[str] | None = None) -> int:
 
     config = PretrainConfig.from_yaml(args.config, run_dir=args.run_dir, data_root=args.data_root,
                                       backbone=args.backbone, loss=args.loss, epochs=args.epochs,
-                                      batch_size=args.batch_size, lr=args.lr)
+                                      batch_size=args.batch_size, lr=args.lr,
+                                      init_from=args.init_from)
     _, faces = load_pretraining_faces(config)
     print(f"framed {len(faces.rows)} photos ({(faces.rows['found'] == 'face').sum()} faces found, the rest "
           f"kept whole), {len(faces.skipped)} unreadable")

@@ -38,8 +38,8 @@ ENDPOINTS = {"/recognise", "/enrol", "/remove", "/session_log", "/export_log"}
 
 
 def test_no_trained_model_names_the_command_that_makes_one(tmp_path):
-    with pytest.raises(NoTrainedModel, match="make demo"):
-        resolve_run("gender", None, best_dir=tmp_path)
+    with pytest.raises(NoTrainedModel, match="make demo"):  # no recorded run and no release model
+        resolve_run("gender", None, best_dir=tmp_path, release_dir=tmp_path / "no_releases")
     (tmp_path / "identity.json").write_text('{"run_dir": "runs/gone"}', encoding="utf-8")
     with pytest.raises(NoTrainedModel, match="make demo"):
         resolve_run("identity", None, best_dir=tmp_path)
@@ -47,7 +47,7 @@ def test_no_trained_model_names_the_command_that_makes_one(tmp_path):
 
 def test_cli_without_a_model_exits_non_zero_with_a_message_not_a_traceback(tmp_path):
     result = subprocess.run([sys.executable, str(REPO_ROOT / "app_gradio.py"), "--best-dir", str(tmp_path),
-                             "--state-dir", str(tmp_path / "state")],
+                             "--release-dir", str(tmp_path / "no_releases"), "--state-dir", str(tmp_path / "state")],
                             check=False, capture_output=True, text=True, timeout=300, cwd=tmp_path,
                             env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     assert result.returncode != 0

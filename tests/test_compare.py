@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 from conftest import REPO_ROOT
@@ -100,3 +101,22 @@ def test_parse_sweep():
         parse_sweep("epochs=2,many")
     with pytest.raises(ValueError, match="PARAM=V1,V2"):
         parse_sweep("epochs")
+
+
+def test_face_weight_rows_are_named_skipped_or_flagged_not_left_to_be_misread():
+    from tf_models.train.compare import chance_note, run_name, skip_reason
+
+    assert run_name("gender", "mobilenetv2", "transfer", "faces") == "gender_mobilenetv2_transfer_faces"
+    assert run_name("gender", "mobilenetv2", "transfer", "imagenet") == "gender_mobilenetv2_transfer"
+    assert run_name("gender", "mobilenetv2", "scratch", "none") == "gender_mobilenetv2_scratch"
+    assert skip_reason("mobilenetv2", "finetune", "faces") is None
+    assert skip_reason("alexnet_bn", "scratch", "none") is None
+    reason = skip_reason("alexnet_bn", "transfer", "faces")
+    assert reason and "alexnet_bn" in reason and "mobilenetv2" in reason
+    # 22 people, one test photo each: 1/22 right is guessing; 20/22 is not
+    eye = np.eye(22).tolist()
+    assert "at chance" in chance_note({"accuracy": 1 / 22, "confusion_matrix": eye, "mode": "scratch"})
+    assert chance_note({"accuracy": 20 / 22, "confusion_matrix": eye, "mode": "transfer"}) == ""
+    # gender with a 70/30 test split: 0.70 is what always answering the larger class scores
+    assert "0.700" in chance_note({"accuracy": 0.70, "confusion_matrix": [[70, 0], [30, 0]], "mode": "scratch"})
+    assert chance_note({"accuracy": 0.90, "confusion_matrix": [[65, 5], [5, 25]], "mode": "scratch"}) == ""

@@ -6,9 +6,13 @@ A run folder holds everything needed to use, judge and repeat a run::
     class_names.json       label index -> class name
     crop.json              identity runs: how faces were found and cut out (CropSettings)
     model.keras            the trained classifier (preprocessing inside)
+    model.float16.npz      instead of model.keras in a release folder (scripts/make_release.py): the same
+                           weights in float16, rebuilt from config.yaml on load; half the size to ship
     backbone.weights.h5    the trained headless backbone: --weights for another task
     history.csv, metrics.json, data_report.{json,md}, plots, tensorboard/, backup/
-    exports/               serving files made from model.keras (see tf_models.serve)
+    exports/               serving files made from model.keras (see tf_models.serve); a release
+                           folder's go to the user cache (it may sit read-only inside the package)
+    image_cache/           --cache disk without --cache-path: decoded images, keyed by the inputs
 """
 
 from __future__ import annotations
@@ -20,20 +24,30 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from tf_models.config import TrainConfig
+from tf_models.data.filescan import default_cache_dir
 from tf_models.faces.crop import CropSettings
 
 CONFIG_FILE = "config.yaml"
 CLASS_NAMES_FILE = "class_names.json"
 CROP_FILE = "crop.json"
 MODEL_FILE = "model.keras"
+RELEASE_WEIGHTS_FILE = "model.float16.npz"  # a release folder's model: weights by variable path, float16
+RELEASE_CARD_FILE = "MODEL_CARD.md"
 BACKBONE_WEIGHTS_FILE = "backbone.weights.h5"
 HISTORY_FILE = "history.csv"
 DATA_REPORT_STEM = "data_report"  # .json and .md, written by DataReport.save
 METRICS_FILE = "metrics.json"
 EXPORTS_DIR = "exports"
-# What a finished run must hold for anything to serve or judge it.
-REQUIRED_FILES = (CONFIG_FILE, CLASS_NAMES_FILE, MODEL_FILE)
+IMAGE_CACHE_DIR = "image_cache"
+# Release models shipped inside the package, a run folder per task (scripts/make_release.py writes them):
+# what the app serves when no trained run is recorded.
+RELEASES_DIR = Path(__file__).resolve().parent / "release"
+# What a finished run must hold for anything to serve or judge it (and one of MODEL_FILES).
+REQUIRED_FILES = (CONFIG_FILE, CLASS_NAMES_FILE)
+MODEL_FILES = (MODEL_FILE, RELEASE_WEIGHTS_FILE)
 
 
 @dataclass(frozen=True)
@@ -46,11 +60,19 @@ class RunFiles:
     crop: CropSettings | None  # identity runs: how training cut faces out; None: gender (CelebA framing)
 
     @property
+    def is_release(self) -> bool:
+        """A release folder: float16 weights and no model.keras (scripts/make_release.py)."""
+        return not (self.run_dir / MODEL_FILE).is_file()
+
+    @property
     def model_path(self) -> Path:
-        return self.run_dir / MODEL_FILE
+        """The file holding the weights: what exports are keyed on."""
+        return self.run_dir / (RELEASE_WEIGHTS_FILE if self.is_release else MODEL_FILE)
 
     @property
     def exports_dir(self) -> Path:
+        if self.is_release:  # the package folder may be read-only, and a checkout should stay clean
+            return default_cache_dir() / "release_exports" / file_sha1(self.model_path)[:16]
         return self.run_dir / EXPORTS_DIR
 
 
@@ -81,6 +103,11 @@ def write_crop_settings(folder: Path, crop: CropSettings) -> None:
 
 def write_metrics(run_dir: Path, metrics: dict[str, Any]) -> None:
     (run_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2, ensure_ascii=False), encoding="utf-8")
+
+
+def image_cache_folder(run_dir: Path, config: TrainConfig) -> Path:
+    """Where a disk image cache goes: ``config.cache_path``, else the run folder's ``image_cache/``."""
+    return Path(config.cache_path).expanduser() if config.cache_path else Path(run_dir) / IMAGE_CACHE_DIR
 
 
 # ---- reading -------------------------------------------------------------------------------------
@@ -115,6 +142,8 @@ def read_run(run_dir: str | Path) -> RunFiles:
     """Reads config, class names and crop settings of a finished run folder; checks ``model.keras``."""
     run_dir = Path(run_dir).expanduser()
     missing = [name for name in REQUIRED_FILES if not (run_dir / name).is_file()]
+    if not any((run_dir / name).is_file() for name in MODEL_FILES):
+        missing.append(MODEL_FILE)
     if missing:
         raise FileNotFoundError(
             f"{run_dir} is not a finished run folder (missing {', '.join(missing)}). Pass the --out folder of "
@@ -126,13 +155,48 @@ def read_run(run_dir: str | Path) -> RunFiles:
     return RunFiles(run_dir, config, read_class_names(run_dir / CLASS_NAMES_FILE), crop)
 
 
+def release_run(task: str, releases_dir: str | Path = RELEASES_DIR) -> Path | None:
+    """The release folder for ``task`` (``gender``, ...) under ``releases_dir`` (default: the package's), or None."""
+    folder = Path(releases_dir) / task
+    return folder if (folder / RELEASE_WEIGHTS_FILE).is_file() and (folder / CONFIG_FILE).is_file() else None
+
+
 def load_run_model(run_dir: str | Path) -> Any:
-    """The run's ``model.keras`` (a ``keras.Model``), loaded with ``safe_mode=True``: no code from the file."""
+    """The run's model (a ``keras.Model``): ``model.keras`` loaded with ``safe_mode=True`` (no code from
+    the file), or for a release folder the classifier its config describes with the float16 weights set."""
     import keras
 
     import tf_models.models  # noqa: F401  registers the custom layers and losses the file names
 
-    return keras.saving.load_model(read_run(run_dir).model_path, safe_mode=True, compile=False)
+    run = read_run(run_dir)
+    if not run.is_release:
+        return keras.saving.load_model(run.model_path, safe_mode=True, compile=False)
+    from tf_models.models.classifier import HeadConfig, build_classifier
+
+    config = run.config
+    model = build_classifier(config.backbone, len(run.class_names), config.input_size, mode=config.mode,
+                             weights="none", head=HeadConfig(units=tuple(config.head_units), dropout=config.head_dropout))
+    with np.load(run.model_path, allow_pickle=False) as arrays:
+        stored = dict(arrays)
+    variables = {v.path: v for v in model.weights}
+    if set(stored) != set(variables):
+        raise ValueError(f"{run.model_path} does not match the {config.backbone} classifier of {run.run_dir / CONFIG_FILE} "
+                         f"({len(set(stored) ^ set(variables))} weights differ by name): remake the release.")
+    for path, value in stored.items():
+        if tuple(value.shape) != tuple(variables[path].shape):
+            raise ValueError(f"{run.model_path}: {path} has shape {value.shape}, the model {variables[path].shape}.")
+        variables[path].assign(value.astype(variables[path].dtype))
+    return model
+
+
+def write_release_weights(model: Any, folder: Path) -> str:
+    """``model``'s weights as float16 ``model.float16.npz`` (a release folder's model); returns its sha256."""
+    arrays = {v.path: np.asarray(v.numpy(), np.float16) for v in model.weights}
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / RELEASE_WEIGHTS_FILE
+    with open(path, "wb") as handle:
+        np.savez_compressed(handle, **arrays)
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def file_sha1(path: Path) -> str:
@@ -160,21 +224,29 @@ __all__ = [
     "CONFIG_FILE",
     "CROP_FILE",
     "EXPORTS_DIR",
+    "IMAGE_CACHE_DIR",
     "DATA_REPORT_STEM",
     "HISTORY_FILE",
     "METRICS_FILE",
     "MODEL_FILE",
+    "MODEL_FILES",
+    "RELEASE_CARD_FILE",
+    "RELEASE_WEIGHTS_FILE",
+    "RELEASES_DIR",
     "RunFiles",
     "file_sha1",
+    "image_cache_folder",
     "load_run_model",
     "read_class_names",
     "read_crop_settings",
     "read_data_report",
     "read_metrics",
     "read_run",
+    "release_run",
     "write_class_names",
     "write_crop_settings",
     "write_metrics",
     "write_config",
+    "write_release_weights",
     "write_run_start",
 ]

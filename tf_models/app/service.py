@@ -43,7 +43,7 @@ from tf_models.app.rendering import (  # noqa: F401  TABLE_COLUMNS, UNCERTAIN: r
     FaceResult,
     draw_faces,
 )
-from tf_models.runs import MODEL_FILE, file_sha1, load_run_model, read_run
+from tf_models.runs import MODEL_FILE, RELEASES_DIR, file_sha1, load_run_model, read_run, release_run
 from tf_models.identity.embedding import build_gallery_from_table
 from tf_models.identity.gallery import GALLERY_JSON, IdentityGallery
 from tf_models.images import ImageReadError
@@ -88,22 +88,25 @@ def _existing_path(path: str | Path) -> Path:
     return REPO_ROOT / path if (REPO_ROOT / path).exists() else path
 
 
-def resolve_run(task: str, run_dir: str | Path | None = None, best_dir: str | Path = DEFAULT_BEST_DIR) -> Path:
-    """The run folder to serve for ``task``: ``run_dir``, else the one in ``<best_dir>/<task>.json``.
+def resolve_run(task: str, run_dir: str | Path | None = None, best_dir: str | Path = DEFAULT_BEST_DIR,
+                release_dir: str | Path | None = None) -> Path:
+    """The run folder to serve for ``task``: ``run_dir``; else the one in ``<best_dir>/<task>.json``;
+    else (none recorded, or the recorded run is gone) the release model under ``release_dir``
+    (default: the package's, :data:`tf_models.runs.RELEASES_DIR`).
 
     Raises :class:`NoTrainedModel` (a message naming the command that makes one) when there is none.
     """
     flag = f"--{task}-run"
     if run_dir is None:
-        best = _existing_path(Path(best_dir) / f"{task}.json")
-        if not best.is_file():
-            raise NoTrainedModel(f"No trained {task} model yet: {Path(best_dir) / f'{task}.json'} is missing. "
-                                 f"{MAKE_MODEL_HINT}, or pass {flag} RUN_DIR (a folder written by scripts/train.py).")
-        try:
-            run_dir = json.loads(best.read_text(encoding="utf-8"))["run_dir"]
-        except (ValueError, KeyError) as err:
-            raise NoTrainedModel(f"{best} does not name a run (key 'run_dir'); {MAKE_MODEL_HINT} to rewrite it, "
-                                 f"or pass {flag} RUN_DIR. Received: {err!r}") from None
+        recorded, why = _recorded_run(task, best_dir)
+        if recorded is None:
+            release = release_run(task, release_dir or RELEASES_DIR)
+            if release is None:
+                raise NoTrainedModel(f"No trained {task} model yet: {why}. {MAKE_MODEL_HINT}, or pass {flag} RUN_DIR "
+                                     "(a folder written by scripts/train.py).")
+            print(f"[app] {why}: serving the release {task} model {release}")
+            return release
+        run_dir = recorded
     path = _existing_path(run_dir)
     try:
         run = read_run(path)
@@ -112,6 +115,22 @@ def resolve_run(task: str, run_dir: str | Path | None = None, best_dir: str | Pa
     if run.config.task != task:
         raise NoTrainedModel(f"{flag} must be a {task} run. Received: {path} (task={run.config.task!r})")
     return path
+
+
+def _recorded_run(task: str, best_dir: str | Path) -> tuple[Path | None, str]:
+    """(the finished run ``<best_dir>/<task>.json`` names, or None and why not)."""
+    best = _existing_path(Path(best_dir) / f"{task}.json")
+    if not best.is_file():
+        return None, f"{Path(best_dir) / f'{task}.json'} is missing"
+    try:
+        path = _existing_path(json.loads(best.read_text(encoding="utf-8"))["run_dir"])
+    except (ValueError, KeyError, TypeError) as err:
+        return None, f"{best} does not name a run (key 'run_dir': {err!r})"
+    try:
+        read_run(path)
+    except FileNotFoundError:
+        return None, f"the run {best} names ({path}) is not on this machine"
+    return path, ""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -216,13 +235,14 @@ class FaceService:
     @classmethod
     def from_runs(cls, gender_run: str | Path | None = None, identity_run: str | Path | None = None, *,
                   state_dir: str | Path = DEFAULT_STATE_DIR, best_dir: str | Path = DEFAULT_BEST_DIR,
-                  runtime: str | None = None, max_faces: int = DEFAULT_MAX_FACES,
-                  target_far: float = 0.01) -> FaceService:
-        """Loads both runs (default: the best ones recorded in ``best_dir``), the gallery and the log.
+                  release_dir: str | Path | None = None, runtime: str | None = None,
+                  max_faces: int = DEFAULT_MAX_FACES, target_far: float = 0.01) -> FaceService:
+        """Loads both runs (default: the best ones recorded in ``best_dir``, else the release models in
+        ``release_dir``), the gallery and the log.
 
         Raises :class:`NoTrainedModel` when a run is missing.
         """
-        gender_dir = resolve_run("gender", gender_run, best_dir)
+        gender_dir = resolve_run("gender", gender_run, best_dir, release_dir)
         gender = Predictor.from_run(gender_dir, runtime=runtime, top_k=1)
         state = Path(state_dir)
         if identity_run is None:  # the shipped face embedder: people are enrolled, nothing is trained

@@ -24,12 +24,16 @@ import tensorflow as tf
 
 from tf_models.config import TrainConfig, load_table
 from tf_models.data.tables import ImageTable
+from tf_models.models.backbones import backbones_with_face_weights, get_backbone
 from tf_models.models.classifier import inference_function
 from tf_models.runs import HISTORY_FILE, load_run_model, read_data_report, read_metrics, write_metrics
 from tf_models.train.training import train
 
-TABLE_COLUMNS = ["backbone", "mode", "accuracy", "balanced_accuracy", "macro_f1", "params", "trainable_params",
-                 "seconds_per_epoch", "inference_ms", "epochs_run", "input_size", "run_dir"]
+TABLE_COLUMNS = ["backbone", "mode", "weights", "accuracy", "balanced_accuracy", "macro_f1", "params",
+                 "trainable_params", "seconds_per_epoch", "inference_ms", "epochs_run", "input_size", "note", "run_dir"]
+# A row within this many points of guessing (1 / classes) is called "at chance" in the table's note,
+# so nobody reads a run that learnt nothing as "this backbone does not work".
+CHANCE_MARGIN = 0.05
 
 
 def inference_ms(model: keras.Model, repeats: int = 20) -> float:
@@ -69,12 +73,46 @@ def _run_config(base: TrainConfig, run_dir: Path, **changes) -> TrainConfig:
     config = dataclasses.replace(base, out=str(run_dir), **changes)
     if config.mode == "scratch":
         config = dataclasses.replace(config, weights="none")
+    elif config.weights == "faces":
+        # The face weights were trained at one size; a suite-wide --input-size (the scratch rows')
+        # would throw that away, so face-pretrained rows always run at their weights' size.
+        config = dataclasses.replace(config, input_size=get_backbone(config.backbone).faces.input_size)
     return config
+
+
+def run_name(task: str, backbone: str, mode: str, weights: str) -> str:
+    """The run folder's name: how it was made (the default ImageNet start is left unsaid)."""
+    name = f"{task}_{backbone}_{mode}"
+    return name if mode == "scratch" or weights == "imagenet" else f"{name}_{Path(str(weights)).stem}"
+
+
+def skip_reason(backbone: str, mode: str, weights: str) -> str | None:
+    """Why a (backbone, mode) row of the suite cannot run with ``weights`` (None: it can)."""
+    if mode != "scratch" and weights == "faces" and backbone not in backbones_with_face_weights():
+        return f"skipped: no faces weights for {backbone} (they exist for {', '.join(backbones_with_face_weights())})"
+    return None
+
+
+def chance_note(metrics: dict) -> str:
+    """'at chance' when a row's accuracy is within CHANCE_MARGIN of guessing: said, not left to be misread.
+
+    Guessing = the better of a uniform guess and always answering the test split's largest class.
+    """
+    accuracy, confusion = metrics.get("accuracy"), np.asarray(metrics.get("confusion_matrix") or [[1]], float)
+    guessing = max(1.0 / len(confusion), confusion.sum(axis=1).max() / max(confusion.sum(), 1.0))
+    if accuracy is None or accuracy > guessing + CHANCE_MARGIN:
+        return ""
+    how = "from scratch" if metrics.get("mode") == "scratch" else "with these settings"
+    return f"at chance (guessing scores {guessing:.3f}): too few photos to learn {how}"
 
 
 def run_suite(base: TrainConfig, backbones: Sequence[str], modes: Sequence[str], results_dir: str | Path,
               runs_dir: str | Path, dataset_name: str | None = None, verbose: int | str = 2) -> pd.DataFrame:
-    """Trains every (backbone, mode) not yet finished, then writes the comparison table and plots."""
+    """Trains every (backbone, mode) not yet finished, then writes the comparison table and plots.
+
+    Transfer and finetune rows start from ``base.weights``; a backbone that has no such weights
+    (``faces`` exists for a few) gets a row saying so instead of a run.
+    """
     results_dir, runs_dir = Path(results_dir), Path(runs_dir)
     dataset_name = dataset_name or Path(base.data_dir).name
     out_dir = results_dir / dataset_name
@@ -83,10 +121,18 @@ def run_suite(base: TrainConfig, backbones: Sequence[str], modes: Sequence[str],
     rows = []
     for backbone in backbones:
         for mode in modes:
-            run_dir = runs_dir / f"{base.task}_{backbone}_{mode}"
+            weights = "none" if mode == "scratch" else base.weights
+            run_dir = runs_dir / run_name(base.task, backbone, mode, weights)
+            row = {"backbone": backbone, "mode": mode, "weights": Path(str(weights)).name, "run_dir": str(run_dir)}
+            reason = skip_reason(backbone, mode, weights)
+            if reason:
+                print(f"[compare] {backbone} {mode}: {reason}")
+                rows.append({**row, "note": reason})
+                continue
             metrics = train_or_reuse(_run_config(base, run_dir, backbone=backbone, mode=mode), shared, verbose)
-            rows.append({**{k: metrics.get(k) for k in TABLE_COLUMNS}, "backbone": backbone, "mode": mode,
-                         "input_size": "x".join(map(str, metrics.get("input_size", []))), "run_dir": str(run_dir)})
+            rows.append({**{k: metrics.get(k) for k in TABLE_COLUMNS}, **row,
+                         "input_size": "x".join(map(str, metrics.get("input_size", []))),
+                         "note": chance_note(metrics)})
     frame = pd.DataFrame(rows, columns=TABLE_COLUMNS).sort_values("accuracy", ascending=False)
     stem = f"comparison_{base.task}"
     frame.to_csv(out_dir / f"{stem}.csv", index=False)
@@ -225,9 +271,12 @@ def plot_sweep(frame: pd.DataFrame, parameter: str, path: Path) -> None:
 def comparison_markdown(frame: pd.DataFrame, base: TrainConfig, dataset_name: str) -> str:
     shown = frame.drop(columns=["run_dir"]).copy()
     for column in ("accuracy", "balanced_accuracy", "macro_f1"):
-        shown[column] = shown[column].map(lambda v: f"{v:.3f}")
+        shown[column] = shown[column].map(lambda v: "" if pd.isna(v) else f"{v:.3f}")
     for column in ("seconds_per_epoch", "inference_ms"):
-        shown[column] = shown[column].map(lambda v: f"{v:.1f}" if v is not None else "")
+        shown[column] = shown[column].map(lambda v: "" if pd.isna(v) else f"{v:.1f}")
+    for column in ("params", "trainable_params", "epochs_run"):
+        shown[column] = shown[column].map(lambda v: "" if pd.isna(v) else str(int(v)))
+    shown = shown.fillna("")
     header = "| " + " | ".join(shown.columns) + " |\n|" + "---|" * len(shown.columns) + "\n"
     body = "".join("| " + " | ".join(str(v) for v in row) + " |\n" for row in shown.itertuples(index=False))
     return (f"# {base.task} on {dataset_name}\n\n"
@@ -237,7 +286,9 @@ def comparison_markdown(frame: pd.DataFrame, base: TrainConfig, dataset_name: st
 
 
 def plot_bars(frame: pd.DataFrame, path: Path) -> None:
-    labels = [f"{b}\n{m}" for b, m in zip(frame["backbone"], frame["mode"])]
+    frame = frame[frame["accuracy"].notna()]  # skipped rows have no bar
+    labels = [f"{b}\n{m}" + ("" if w in ("none", "imagenet") else f" ({w})")
+              for b, m, w in zip(frame["backbone"], frame["mode"], frame["weights"])]
     fig, axes = plt.subplots(1, 2, figsize=(max(6, 1.3 * len(frame)) * 2, 4))
     for ax, column, title in ((axes[0], "accuracy", "test accuracy"), (axes[1], "inference_ms", "inference ms / image")):
         ax.bar(labels, frame[column].astype(float), color="tab:blue" if column == "accuracy" else "tab:orange")
@@ -258,7 +309,8 @@ def plot_learning_curves(frame: pd.DataFrame, path: Path) -> None:
         history = pd.read_csv(history_file)
         for ax, column in zip(axes, ("val_accuracy", "val_loss")):
             if column in history.columns:
-                ax.plot(np.arange(1, len(history) + 1), history[column], label=f"{row.backbone} {row.mode}")
+                label = f"{row.backbone} {row.mode}" + ("" if row.weights in ("none", "imagenet") else f" ({row.weights})")
+                ax.plot(np.arange(1, len(history) + 1), history[column], label=label)
     for ax, title in zip(axes, ("validation accuracy", "validation loss")):
         ax.set_title(title)
         ax.set_xlabel("epoch")

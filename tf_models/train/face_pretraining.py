@@ -40,7 +40,8 @@ from tf_models.data.face_sets import identity_disjoint_split, load_face_identiti
 from tf_models.faces.crop import CropSettings
 from tf_models.images import resize_images
 from tf_models.models.classifier import BACKBONE_LAYER, inference_function
-from tf_models.models.face_embedder import MarginLogits, build_face_embedder, save_face_weights
+from tf_models.models.face_embedder import (PROJECTION_BN_LAYER, PROJECTION_LAYER, MarginLogits, build_face_embedder,
+                                            save_face_weights)
 from tf_models.train.face_data import FramedFaces, prepare_faces
 
 LOSSES = ("distill", "arcface", "cosface", "distill+arcface", "distill+cosface")
@@ -76,6 +77,7 @@ class PretrainConfig:
     val_people_fraction: float = 0.03  # training people held back to watch progress (not the benchmark's)
     workers: int = 2  # processes framing faces
     seed: int = 0
+    init_from: str | None = None  # an earlier run's embedder.keras to continue from (a second, longer schedule)
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
@@ -193,6 +195,22 @@ def build_training_model(config: PretrainConfig, num_classes: int) -> tuple[kera
     return keras.Model({"image": image, "label": label}, outputs, name="face_pretraining"), embedder
 
 
+def load_embedder_weights(embedder: keras.Model, path: str | Path) -> None:
+    """Copies an earlier run's embedder (``embedder.keras``) into ``embedder``: backbone and projection.
+
+    The architectures must match (same backbone, input and embedding size); anything else is an error.
+    """
+    source = keras.saving.load_model(path, compile=False)
+    for name in (BACKBONE_LAYER, PROJECTION_LAYER, PROJECTION_BN_LAYER):
+        mine, theirs = embedder.get_layer(name).weights, source.get_layer(name).weights
+        shapes = [tuple(v.shape) for v in mine], [tuple(v.shape) for v in theirs]
+        if shapes[0] != shapes[1]:
+            raise ValueError(f"{path} does not fit this embedder: layer {name!r} differs "
+                             f"(its weights {shapes[1][:3]}..., ours {shapes[0][:3]}...). Received: init_from={path}")
+        for variable, value in zip(mine, theirs):
+            variable.assign(value.numpy())
+
+
 def embed_crops(embedder: keras.Model, crops: np.ndarray, input_size: tuple[int, int],
                 batch_size: int = 128) -> np.ndarray:
     """Unit embeddings of uint8 crops, resized exactly as serving resizes them."""
@@ -308,6 +326,8 @@ def pretrain(config: PretrainConfig, faces: FramedFaces | None = None, verbose: 
                                config)
 
     model, embedder = build_training_model(config, len(classes))
+    if config.init_from:
+        load_embedder_weights(embedder, config.init_from)
     losses, weights = {}, {}
     if config.uses_teacher:
         losses["embedding"], weights["embedding"] = CosineDistance(), 1.0
@@ -335,5 +355,5 @@ def pretrain(config: PretrainConfig, faces: FramedFaces | None = None, verbose: 
     return run_dir
 
 
-__all__ = ["LOSSES", "PretrainConfig", "build_training_model", "embed_crops", "load_pretraining_faces",
+__all__ = ["LOSSES", "PretrainConfig", "build_training_model", "embed_crops", "load_embedder_weights", "load_pretraining_faces",
            "pair_accuracy", "pretrain", "training_dataset"]

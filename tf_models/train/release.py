@@ -1,0 +1,130 @@
+"""Release models: a finished run made small enough to ship inside the package, with its card.
+
+A release folder is a run folder (:mod:`tf_models.runs`) holding ``model.float16.npz`` instead of
+``model.keras``: the same weights at half the size, rebuilt from ``config.yaml`` on load, so every
+reader of run folders (the predictor, the app, the exports) serves it unchanged. Before a release is
+written, the float16 model is checked against the float32 one on the run's own test photos.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from tf_models.runs import (
+    CLASS_NAMES_FILE,
+    CONFIG_FILE,
+    CROP_FILE,
+    METRICS_FILE,
+    RELEASE_CARD_FILE,
+    load_run_model,
+    read_metrics,
+    read_run,
+    write_metrics,
+    write_release_weights,
+)
+
+# The float16 release must name the same class as the float32 run on at least this share of test photos.
+MIN_RELEASE_AGREEMENT = 0.995
+# metrics.json keys a release keeps (the rest describe the training machine, not the model)
+RELEASE_METRICS = ("n", "accuracy", "balanced_accuracy", "macro_f1", "per_class", "split", "backbone", "mode",
+                   "params", "input_size", "epochs_run")
+
+
+def release_agreement(run_dir: Path, release_dir: Path, inputs: np.ndarray) -> float:
+    """Share of ``inputs`` (model inputs, N x H x W x 3) on which run and release predict the same class."""
+    from tf_models.models.classifier import inference_function
+
+    original, release = load_run_model(run_dir), load_run_model(release_dir)
+    size = original.input_shape[1:3]
+    a = inference_function(original, size)(inputs.astype(np.float32)).numpy()
+    b = inference_function(release, size)(inputs.astype(np.float32)).numpy()
+    return float(np.mean(a.argmax(1) == b.argmax(1)))
+
+
+def write_release(run_dir: str | Path, out_dir: str | Path, check_inputs: np.ndarray, *, command: str) -> Path:
+    """Writes the release folder of the finished run ``run_dir`` to ``out_dir`` (replacing it).
+
+    ``check_inputs``: framed test photos the float16 weights are checked on; ``command``: what made the
+    run, for the card. Raises ValueError when the float16 model disagrees with the run.
+    """
+    run = read_run(run_dir)
+    metrics = read_metrics(run.run_dir)
+    if metrics is None:
+        raise ValueError(f"{run.run_dir} has no {METRICS_FILE}: not a finished run. Received: run_dir={str(run_dir)!r}")
+    out = Path(out_dir)
+    staging = out.with_name(out.name + ".tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    for name in (CONFIG_FILE, CLASS_NAMES_FILE, CROP_FILE):
+        if (run.run_dir / name).is_file():
+            shutil.copy2(run.run_dir / name, staging / name)
+    digest = write_release_weights(load_run_model(run.run_dir), staging)
+    agreement = release_agreement(run.run_dir, staging, check_inputs)
+    if agreement < MIN_RELEASE_AGREEMENT:
+        shutil.rmtree(staging)
+        raise ValueError(f"The float16 weights agree with {run.run_dir} on {agreement:.1%} of {len(check_inputs)} test "
+                         f"photos (needed: {MIN_RELEASE_AGREEMENT:.1%}); nothing was written.")
+    kept = {k: metrics[k] for k in RELEASE_METRICS if k in metrics}
+    kept.update({"float16_agreement": agreement, "agreement_photos": int(len(check_inputs)), "weights_sha256": digest})
+    write_metrics(staging, kept)
+    (staging / RELEASE_CARD_FILE).write_text(release_card(run.config, run.class_names, kept, command), encoding="utf-8")
+    shutil.rmtree(out, ignore_errors=True)
+    staging.rename(out)
+    return out
+
+
+def make_release(config, out_dir: str | Path, *, command: str, check_photos: int = 400) -> Path:
+    """Trains ``config`` (a TrainConfig; reused when its run folder is finished) and writes its release."""
+    from tf_models.config import load_table
+    from tf_models.data.pipeline import make_dataset
+    from tf_models.train.training import train
+
+    run_dir = Path(config.out)
+    if read_metrics(run_dir) is None:
+        train(config)
+    else:
+        print(f"[release] {run_dir} finished earlier: releasing it as it is")
+    table = load_table(config)
+    paths, labels = table.paths_labels("test" if len(table.split("test")) else "val")
+    size = load_run_model(run_dir).input_shape[1:3]
+    batches = make_dataset(paths[:check_photos], labels[:check_photos], size, 64, training=False)
+    inputs = np.concatenate([images.numpy() for images, _ in batches])
+    return write_release(run_dir, out_dir, inputs, command=command)
+
+
+def release_card(config, class_names: list[str], metrics: dict, command: str) -> str:
+    """MODEL_CARD.md of a release: what it is, how it was made, how well it does, and its limits."""
+    size = "x".join(map(str, metrics.get("input_size", config.input_size or [])))
+    per_class = metrics.get("per_class", {})
+    rows = "".join(f"| {name} | {per_class.get(name, {}).get('recall', float('nan')):.3f} |\n" for name in class_names)
+    return f"""# Release model: {config.task} ({config.backbone}, {config.mode} from weights="{config.weights}")
+
+The model `app_gradio.py` serves for {config.task} when no trained run is recorded in `results/best/`.
+Weights in float16 (`model.float16.npz`, sha256 `{metrics['weights_sha256']}`), rebuilt from `config.yaml`.
+
+## How it was made
+```
+{command}
+```
+Data: `{Path(config.data_dir).name}` ({config.split} split: a person is never in both training and test),
+input {size}, recipe in `config.yaml`.
+
+## How well it does (its own held-out test split, {metrics.get('n', '?')} photos)
+- accuracy **{metrics['accuracy']:.4f}**, balanced accuracy {metrics['balanced_accuracy']:.4f}
+- float16 weights name the same class as the float32 run on {metrics['float16_agreement']:.1%} of {metrics['agreement_photos']} test photos
+
+| class | recall |
+|---|---|
+{rows}
+## Limits
+- Trained on CelebA: celebrities, mostly young adults, skewed in age and skin tone; expect lower accuracy on
+  people unlike them. Labels are binary as CelebA's `Male` attribute gives them; it predicts appearance,
+  not anyone's gender identity.
+- The face-pretrained start (`weights="faces"`) and CelebA are research / non-commercial data: so is this model.
+"""
+
+
+__all__ = ["MIN_RELEASE_AGREEMENT", "make_release", "release_agreement", "release_card", "write_release"]
