@@ -67,6 +67,8 @@ class TrainConfig:
     patience: int = 5  # early stopping patience (epochs without val improvement)
     augment: str = "none"  # none | moderate | aggressive
     cache_features: bool = True  # frozen base, no geometric augmentation: compute backbone features once
+    cache: str = "auto"  # decoded images between epochs: auto (memory if they fit, else disk; the log says which) | memory | disk | none
+    cache_path: str | None = None  # disk cache folder, shared by runs with the same inputs; unset: the run folder's image_cache/
     mixed_precision: str = "auto"  # auto (float16 on GPU, bfloat16 on TPU) | off | float16 | bfloat16
     deterministic: bool = False  # op determinism: same numbers on CPU for the same seed (slower)
     seed: int = 0  # drives split, shuffle, augmentation and initialisation
@@ -86,12 +88,13 @@ class TrainConfig:
         # Imported here, not at the top: each owner's list is the one source, and `--help` of the
         # scripts should not wait for TensorFlow to start.
         from tf_models.data.augment.config import PRESETS
+        from tf_models.data.cache import CACHE_MODES
         from tf_models.data.tables import BALANCE_MODES, DEDUP_MODES
         from tf_models.models.classifier import MODES
 
         choices = {"task": TASKS, "mode": MODES, "balance": BALANCE_MODES, "schedule": SCHEDULES,
                    "augment": tuple(PRESETS), "mixed_precision": MIXED_PRECISION, "dedup": DEDUP_MODES,
-                   "multiple_faces": MULTIPLE_FACE_POLICIES}
+                   "multiple_faces": MULTIPLE_FACE_POLICIES, "cache": CACHE_MODES}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}. Received: {name}={getattr(self, name)!r}")

@@ -1,0 +1,290 @@
+"""The image-cache benchmark (``scripts/bench_cache.py``): memory, disk and no cache on a dataset of N files.
+
+The dataset is N symlinks to the CelebA images (cycling through them), with a labels CSV, in a folder
+that later runs reuse. Each cache mode runs in a fresh Python process, so its peak resident memory
+(VmHWM) is its own: the training pipeline (``make_dataset(training=True)``: decode, resize, cache,
+shuffle, batch, float32; no model) for E passes; pass 1 fills the cache. Because the machine is
+shared, a last process also builds the two cached modes and times them side by side, round-robin after
+one untimed pass each (the disk cache is the one the disk process wrote: a second run reuses it). No
+cache decodes every pass, some 30x slower: its passes would only stretch the rounds.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+
+from tf_models.benchmarking import cpu_seconds, display_path, machine_info, markdown_table
+
+MODES = ("memory", "disk", "none")
+SIDE_BY_SIDE = ("memory", "disk")
+PACKAGES = ("tensorflow", "keras")
+_LABELS_FILE = "gender_labels.csv"
+_IMAGES_DIR = "img_align_celeba"
+_MANIFEST = "manifest.json"
+
+
+@dataclass(frozen=True)
+class CacheBenchSettings:
+    """Which images, how many, at what size, for how many passes."""
+
+    source_dir: Path  # CelebA-style folder: img_align_celeba/ and the labels CSV
+    labels_csv: Path | None  # None: source_dir/gender_labels.csv
+    x_col: str  # file-name column
+    y_col: str  # label column, 0/1
+    n: int  # files in the benchmark dataset
+    image_size: tuple[int, int]  # (height, width) the pipeline decodes to
+    batch_size: int
+    epochs: int  # passes per mode process; pass 1 fills the cache
+    rounds: int  # side-by-side timed passes of memory and disk, after one untimed pass each
+    work_dir: Path  # the dataset of links and the disk cache live here (reused)
+
+
+@dataclass(frozen=True)
+class CacheBenchResult:
+    """One row per mode, where the tables went, and the headline (the last line printed)."""
+
+    rows: list[dict]
+    csv_path: Path
+    md_path: Path
+    headline: str
+
+
+def default_work_dir() -> Path:
+    """Where the links and caches go unless told: the system's temporary folder."""
+    return Path(tempfile.gettempdir()) / "tf_models_bench_cache"
+
+
+def build_link_dataset(settings: CacheBenchSettings) -> Path:
+    """``work_dir/celeba_<n>/``: ``img_align_celeba/`` with n symlinks and ``gender_labels.csv``. Reused when complete.
+
+    Link i points at source image i mod (number of source images), so a source image appears about
+    n / len(source) times under different names: the pipeline reads, decodes and caches each link
+    as its own file, as it would n distinct photos of that size. FileNotFoundError without the source.
+    """
+    folder = settings.work_dir / f"celeba_{settings.n}"
+    labels_csv = settings.labels_csv or settings.source_dir / _LABELS_FILE
+    image_dir = settings.source_dir / _IMAGES_DIR
+    if not labels_csv.is_file() or not image_dir.is_dir():
+        raise FileNotFoundError(f"Expected {labels_csv} and {image_dir}/ (see datasets/celeba/README.md).")
+    manifest = {"n": settings.n, "source": str(image_dir.resolve()), "labels": str(labels_csv.resolve()),
+                "x_col": settings.x_col, "y_col": settings.y_col}
+    if (folder / _MANIFEST).is_file() and json.loads((folder / _MANIFEST).read_text()) == manifest:
+        return folder
+    frame = pd.read_csv(labels_csv, usecols=[settings.x_col, settings.y_col])
+    frame = frame[[(image_dir / name).is_file() for name in frame[settings.x_col]]].reset_index(drop=True)
+    if frame.empty:
+        raise FileNotFoundError(f"None of the images listed in {labels_csv} exist under {image_dir}.")
+    shutil.rmtree(folder, ignore_errors=True)
+    (folder / _IMAGES_DIR).mkdir(parents=True)
+    picks = frame.iloc[[i % len(frame) for i in range(settings.n)]]
+    names = [f"{i:06d}.jpg" for i in range(settings.n)]
+    source_dir = image_dir.resolve()
+    for name, source in zip(names, picks[settings.x_col]):
+        os.symlink(source_dir / source, folder / _IMAGES_DIR / name)
+    pd.DataFrame({"image_id": names, "label": picks[settings.y_col].astype(int).to_numpy()}).to_csv(
+        folder / _LABELS_FILE, index=False)
+    (folder / _MANIFEST).write_text(json.dumps(manifest, indent=1))  # last: marks the folder complete
+    return folder
+
+
+def measure_mode(dataset_dir: str, mode: str, image_size: list[int], batch_size: int, epochs: int,
+                 cache_dir: str) -> dict:
+    """One process's run of one cache mode: seconds and CPU seconds per pass, peak and starting RSS.
+
+    Called in a fresh process by :func:`bench_cache` (``python -c``), so the peak memory is this mode's.
+    """
+    import tensorflow as tf  # noqa: F401  imported before the baseline RSS is read
+
+    from tf_models.data.pipeline import make_dataset
+
+    paths, labels = _read_dataset(Path(dataset_dir))
+    cache = {"memory": True, "disk": Path(cache_dir), "none": False}[mode]
+    dataset = make_dataset(paths, labels, tuple(image_size), batch_size, training=True, seed=0, cache=cache)
+    start_rss = _rss_bytes("VmRSS")
+    passes = [_timed_pass(dataset, len(paths)) for _ in range(epochs)]
+    return {"mode": mode, "passes": passes, "start_rss": start_rss, "peak_rss": _rss_bytes("VmHWM")}
+
+
+def measure_side_by_side(dataset_dir: str, image_size: list[int], batch_size: int, rounds: int,
+                         cache_dir: str) -> dict:
+    """Memory and disk in one process: one untimed pass each, then ``rounds`` rounds of one timed pass each."""
+    from tf_models.data.pipeline import make_dataset
+
+    paths, labels = _read_dataset(Path(dataset_dir))
+    datasets = {mode: make_dataset(paths, labels, tuple(image_size), batch_size, training=True, seed=0,
+                                   cache={"memory": True, "disk": Path(cache_dir)}[mode])
+                for mode in SIDE_BY_SIDE}
+    for dataset in datasets.values():
+        _timed_pass(dataset, len(paths))
+    timings: dict[str, list] = {mode: [] for mode in SIDE_BY_SIDE}
+    for _ in range(rounds):
+        for mode, dataset in datasets.items():
+            timings[mode].append(_timed_pass(dataset, len(paths)))
+    return timings
+
+
+def bench_cache(settings: CacheBenchSettings, out_dir: Path, command: str) -> CacheBenchResult:
+    """Builds (or reuses) the dataset, measures every mode in its own process, then side by side;
+    writes cache.{csv,md} under ``out_dir`` (``command``: what the Markdown says made it)."""
+    machine = machine_info(PACKAGES)  # before anything runs, so the load average is the neighbours'
+    dataset_dir = build_link_dataset(settings)
+    cache_dir = settings.work_dir / f"disk_cache_{settings.n}"
+    shutil.rmtree(cache_dir, ignore_errors=True)  # pass 1 of the disk process fills it
+    common = {"dataset_dir": str(dataset_dir), "image_size": list(settings.image_size),
+              "batch_size": settings.batch_size, "cache_dir": str(cache_dir)}
+    per_mode = {}
+    for mode in MODES:
+        print(f"[bench_cache] {mode}: {settings.epochs} passes of {settings.n:,} images in a fresh process",
+              flush=True)
+        per_mode[mode] = _in_fresh_process("measure_mode", {**common, "mode": mode, "epochs": settings.epochs})
+    disk_bytes = sum(p.stat().st_size for p in cache_dir.rglob("*") if p.is_file())
+    print(f"[bench_cache] memory and disk side by side: {settings.rounds} rounds after one untimed pass each",
+          flush=True)
+    side = _in_fresh_process("measure_side_by_side", {**common, "rounds": settings.rounds})
+    rows = summary_rows(per_mode, side, settings.n, disk_bytes)
+    csv_path, md_path = write_results(rows, machine, settings, dataset_dir, out_dir, command)
+    return CacheBenchResult(rows, csv_path, md_path, headline(rows, settings))
+
+
+def summary_rows(per_mode: dict[str, dict], side: dict[str, list], n: int, disk_bytes: int) -> list[dict]:
+    """One row per mode: peak RSS, img/s of pass 1 and later passes, side-by-side img/s, ratios to memory."""
+    rows = []
+    for mode in MODES:
+        passes = per_mode[mode]["passes"]
+        later = passes[1:]
+        timed = side.get(mode, [])
+        rows.append({
+            "mode": mode,
+            "images": n,
+            "peak_rss_gb": round(per_mode[mode]["peak_rss"] / 1e9, 2),
+            "rss_before_pass1_gb": round(per_mode[mode]["start_rss"] / 1e9, 2),
+            "disk_cache_gb": round(disk_bytes / 1e9, 2) if mode == "disk" else 0.0,
+            "pass1_img_per_s": round(n / passes[0]["seconds"], 1),
+            "later_img_per_s": round(n / statistics.median(p["seconds"] for p in later), 1),
+            "later_cpu_us_per_img": round(1e6 * statistics.median(p["cpu_seconds"] for p in later) / n, 1),
+            "side_by_side_img_per_s": round(n / statistics.median(p["seconds"] for p in timed), 1) if timed else None,
+            "side_by_side_cpu_us_per_img": (round(1e6 * statistics.median(p["cpu_seconds"] for p in timed) / n, 1)
+                                            if timed else None),
+            "passes_s": " ".join(f"{p['seconds']:.2f}" for p in passes),
+            "side_by_side_s": " ".join(f"{p['seconds']:.2f}" for p in timed),
+        })
+    memory = rows[0]
+    for row in rows:
+        row["later_vs_memory"] = round(row["later_img_per_s"] / memory["later_img_per_s"], 3)
+        row["side_by_side_vs_memory"] = (round(row["side_by_side_img_per_s"] / memory["side_by_side_img_per_s"], 3)
+                                         if row["side_by_side_img_per_s"] else None)
+    return rows
+
+
+def headline(rows: list[dict], settings: CacheBenchSettings) -> str:
+    by = {row["mode"]: row for row in rows}
+    height, width = settings.image_size
+    return (f"{settings.n:,} images at {height}x{width}: peak RSS none {by['none']['peak_rss_gb']:.2f} GB, "
+            f"disk {by['disk']['peak_rss_gb']:.2f} GB, memory {by['memory']['peak_rss_gb']:.2f} GB; img/s from "
+            f"pass 2 on vs memory: disk {by['disk']['side_by_side_vs_memory']:.0%} (side by side), "
+            f"none {by['none']['later_vs_memory']:.0%}")
+
+
+def write_results(rows: list[dict], machine: dict[str, str], settings: CacheBenchSettings, dataset_dir: Path,
+                  out_dir: Path, command: str) -> tuple[Path, Path]:
+    """cache.csv and cache.md under ``out_dir``; the Markdown ends with the headline."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    csv_path, md_path = out_dir / "cache.csv", out_dir / "cache.md"
+    with csv_path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    later = "pass 2 img/s" if settings.epochs == 2 else f"passes 2-{settings.epochs} img/s"
+    table = pd.DataFrame([{
+        "mode": r["mode"], "peak RSS GB": r["peak_rss_gb"], "RSS before pass 1 GB": r["rss_before_pass1_gb"],
+        "disk cache GB": r["disk_cache_gb"] or "", "pass 1 img/s": f"{r['pass1_img_per_s']:.0f}",
+        later: f"{r['later_img_per_s']:.0f}", "vs memory": f"{r['later_vs_memory']:.0%}",
+        "CPU-us / img (pass 2+)": r["later_cpu_us_per_img"],
+        "side by side img/s": _or_dash(r["side_by_side_img_per_s"], "{:.0f}"),
+        "side by side vs memory": _or_dash(r["side_by_side_vs_memory"], "{:.0%}"),
+        "side by side CPU-us / img": _or_dash(r["side_by_side_cpu_us_per_img"], "{}"),
+    } for r in rows])
+    height, width = settings.image_size
+    source = settings.labels_csv or settings.source_dir / _LABELS_FILE
+    lines = [
+        "# Image cache: memory vs disk vs none",
+        "",
+        f"Written by `{command}` on {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.",
+        "",
+        *(f"- {k}: {v}" for k, v in machine.items()),
+        f"- dataset: {settings.n:,} symlinks to the images of `{display_path(source)}` (cycled), "
+        f"in `{dataset_dir.name}/` of the work folder",
+        f"- pipeline: `make_dataset(training=True)` at {height}x{width}, batch {settings.batch_size}: read, decode, "
+        "resize, cache, shuffle, batch, float32; no model, no augmentation",
+        f"- per mode: a fresh process, {settings.epochs} passes (pass 1 fills the cache); peak RSS = the "
+        "process's VmHWM, TensorFlow included ('RSS before pass 1': after import and build)",
+        f"- side by side: one process, memory and disk built, one untimed pass each, then {settings.rounds} "
+        "rounds of one pass each (median), so the neighbours' load hits both alike; none decodes every pass",
+        "- CPU-us / img: the process's CPU time per image (all threads): the work, which the neighbours hardly move",
+        "",
+        markdown_table(table),
+        "",
+        headline(rows, settings),
+        "",
+    ]
+    md_path.write_text("\n".join(lines), encoding="utf-8")
+    return csv_path, md_path
+
+
+def _or_dash(value: float | None, form: str) -> str:
+    return "-" if value is None else form.format(value)
+
+
+def _in_fresh_process(function: str, kwargs: dict) -> dict:
+    """Runs ``function(**kwargs)`` of this module in a new Python process; its JSON result."""
+    code = (f"import json, sys; from tf_models.bench.cache import {function}; "
+            f"print('\\n' + json.dumps({function}(**json.loads(sys.argv[1]))))")
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
+    # The package may be run from a checkout without being installed: the child imports the same one.
+    package_root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
+    done = subprocess.run([sys.executable, "-c", code, json.dumps(kwargs)], capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        raise RuntimeError(f"{function}({kwargs}) failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _read_dataset(folder: Path) -> tuple[list[str], list[int]]:
+    frame = pd.read_csv(folder / _LABELS_FILE)
+    return [str(folder / _IMAGES_DIR / name) for name in frame["image_id"]], frame["label"].astype(int).tolist()
+
+
+def _timed_pass(dataset, n: int) -> dict:
+    seen = 0
+    start, cpu_start = time.perf_counter(), cpu_seconds()
+    for _, labels in dataset:
+        seen += int(labels.shape[0])
+    if seen != n:
+        raise RuntimeError(f"a pass yielded {seen} images, expected {n}")
+    return {"seconds": time.perf_counter() - start, "cpu_seconds": cpu_seconds() - cpu_start}
+
+
+def _rss_bytes(field: str) -> int:
+    """VmRSS / VmHWM of this process from /proc; elsewhere the peak from getrusage."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024  # macOS reports bytes, Linux kB
