@@ -55,7 +55,7 @@ DEFAULT_STATE_DIR = "app_state"
 DEFAULT_BEST_DIR = "results/best"
 DEFAULT_MAX_FACES = 10  # a lecturer checks the student(s) in front of the camera, not a crowd
 FACE_EMBEDDER_BACKBONE = "mobilenetv2"  # the registry backbone whose shipped face weights the app enrols with
-MAKE_MODEL_HINT = "Run `make demo` (about 3 minutes on a CPU) to train the demo models"
+MAKE_MODEL_HINT = "Run `make demo` (minutes on a CPU) to train the demo models"
 # Model-info tab: (title, Markdown file under the repository) in the order shown.
 MODEL_INFO_FILES = (
     ("Gender: backbone comparison", "results/celeba_sample/comparison_gender.md"),
