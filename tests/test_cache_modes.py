@@ -221,6 +221,7 @@ def test_bench_cache_writes_a_row_per_mode(tmp_path, capsys):
     from scripts.bench_cache import main
 
     assert main(["--n", "300", "--image-size", "32", "32", "--epochs", "2", "--rounds", "1",
+                 "--train-steps", "2", "--train-warmup", "1", "--train-rounds", "2",
                  "--work-dir", str(tmp_path / "work"), "--out-dir", str(tmp_path / "out")]) == 0
     rows = (tmp_path / "out" / "cache.csv").read_text().splitlines()
     assert [row.split(",")[0] for row in rows[1:]] == ["memory", "disk", "none"]
@@ -228,4 +229,10 @@ def test_bench_cache_writes_a_row_per_mode(tmp_path, capsys):
     assert "- cpu:" in markdown and "- cpu flags (speed-relevant):" in markdown
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert last.startswith("300 images at 32x32: peak RSS none") and markdown.rstrip().endswith(last)
+    assert "training img/s from pass 2 on vs memory" in last and "; target: " in last
+    header = rows[0].split(",")
+    for row in rows[1:]:  # every mode trained: img/s and peak RSS with the model
+        values = dict(zip(header, row.split(",")))
+        assert float(values["train_img_per_s"]) > 0 and float(values["train_side_by_side_img_per_s"]) > 0
+        assert float(values["peak_rss_train_gb"]) >= float(values["peak_rss_gb"])
     assert len(list((tmp_path / "work" / "celeba_300" / "img_align_celeba").iterdir())) == 300

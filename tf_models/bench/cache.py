@@ -7,6 +7,13 @@ shuffle, batch, float32; no model) for E passes; pass 1 fills the cache. Because
 shared, a last process also builds the two cached modes and times them side by side, round-robin after
 one untimed pass each (the disk cache is the one the disk process wrote: a second run reuses it). No
 cache decodes every pass, some 30x slower: its passes would only stretch the rounds.
+
+Training, which is what a cache is for: after those pipeline passes (pass 1 filled the cache) each mode's
+process builds a small registry model (``TRAIN_BACKBONE`` from scratch, compiled as ``train.py`` compiles)
+and times its training steps on the mode's dataset from the next pass on (W warm-up steps, then S timed
+ones, Keras's own ``train_function`` on the dataset's iterator, as ``fit`` runs it), so that process's peak
+RSS includes the model. The side-by-side process then trains one such model on all three modes in turn,
+round-robin, for the ratios the neighbours' load cannot skew.
 """
 
 from __future__ import annotations
@@ -32,6 +39,12 @@ from tf_models.benchmarking import cpu_seconds, display_path, machine_info, mark
 MODES = ("memory", "disk", "none")
 SIDE_BY_SIDE = ("memory", "disk")
 PACKAGES = ("tensorflow", "keras")
+# MobileNetV2: the registry's smallest real backbone that takes the pipeline's 64x64 (alexnet_bn needs 67x67),
+# and a light one on purpose: the lighter the step, the more the input pipeline shows in training img/s.
+TRAIN_BACKBONE = "mobilenetv2"
+TRAIN_CLASSES = 2
+RSS_TARGET_GB = 2.0
+SPEED_TARGET = 0.9  # training img/s from pass 2 on, vs memory
 _LABELS_FILE = "gender_labels.csv"
 _IMAGES_DIR = "img_align_celeba"
 _MANIFEST = "manifest.json"
@@ -51,6 +64,9 @@ class CacheBenchSettings:
     epochs: int  # passes per mode process; pass 1 fills the cache
     rounds: int  # side-by-side timed passes of memory and disk, after one untimed pass each
     work_dir: Path  # the dataset of links and the disk cache live here (reused)
+    train_steps: int = 150  # timed training steps per mode, from pass 2 on
+    train_warmup: int = 10  # untimed training steps before them (trace, shuffle buffer)
+    train_rounds: int = 5  # side by side: the timed steps of each mode split into this many rounds
 
 
 @dataclass(frozen=True)
@@ -102,7 +118,7 @@ def build_link_dataset(settings: CacheBenchSettings) -> Path:
 
 
 def measure_mode(dataset_dir: str, mode: str, image_size: list[int], batch_size: int, epochs: int,
-                 cache_dir: str) -> dict:
+                 cache_dir: str, train_steps: int = 0, train_warmup: int = 0) -> dict:
     """One process's run of one cache mode: seconds and CPU seconds per pass, peak and starting RSS.
 
     Called in a fresh process by :func:`bench_cache` (``python -c``), so the peak memory is this mode's.
@@ -116,12 +132,23 @@ def measure_mode(dataset_dir: str, mode: str, image_size: list[int], batch_size:
     dataset = make_dataset(paths, labels, tuple(image_size), batch_size, training=True, seed=0, cache=cache)
     start_rss = _rss_bytes("VmRSS")
     passes = [_timed_pass(dataset, len(paths)) for _ in range(epochs)]
-    return {"mode": mode, "passes": passes, "start_rss": start_rss, "peak_rss": _rss_bytes("VmHWM")}
+    result = {"mode": mode, "passes": passes, "start_rss": start_rss, "peak_rss": _rss_bytes("VmHWM")}
+    if train_steps > 0:  # the cache is full: train from the next pass on
+        model = _training_model(image_size)
+        iterator = _train_iterator(dataset, train_warmup + train_steps, len(paths), batch_size)
+        _timed_steps(model, iterator, train_warmup, batch_size)
+        result["train"] = _timed_steps(model, iterator, train_steps, batch_size)
+        result["peak_rss_train"] = _rss_bytes("VmHWM")
+    return result
 
 
 def measure_side_by_side(dataset_dir: str, image_size: list[int], batch_size: int, rounds: int,
-                         cache_dir: str) -> dict:
-    """Memory and disk in one process: one untimed pass each, then ``rounds`` rounds of one timed pass each."""
+                         cache_dir: str, train_steps: int = 0, train_warmup: int = 0, train_rounds: int = 1) -> dict:
+    """Memory and disk in one process: one untimed pass each, then ``rounds`` rounds of one timed pass each.
+
+    With ``train_steps``: then one model trains on memory, disk and none in turn (each from its next pass,
+    after ``train_warmup`` untimed steps each), ``train_rounds`` rounds of about train_steps / train_rounds
+    timed steps per mode; under ``"train"``, per mode, a list of {seconds, cpu_seconds, images}."""
     from tf_models.data.pipeline import make_dataset
 
     paths, labels = _read_dataset(Path(dataset_dir))
@@ -134,6 +161,19 @@ def measure_side_by_side(dataset_dir: str, image_size: list[int], batch_size: in
     for _ in range(rounds):
         for mode, dataset in datasets.items():
             timings[mode].append(_timed_pass(dataset, len(paths)))
+    if train_steps > 0:
+        datasets["none"] = make_dataset(paths, labels, tuple(image_size), batch_size, training=True, seed=0,
+                                        cache=False)
+        chunk = -(-train_steps // train_rounds)
+        model = _training_model(image_size)
+        iterators = {mode: _train_iterator(dataset, train_warmup + chunk * train_rounds, len(paths), batch_size)
+                     for mode, dataset in datasets.items()}
+        for iterator in iterators.values():
+            _timed_steps(model, iterator, train_warmup, batch_size)
+        timings["train"] = {mode: [] for mode in MODES}
+        for _ in range(train_rounds):
+            for mode in MODES:
+                timings["train"][mode].append(_timed_steps(model, iterators[mode], chunk, batch_size))
     return timings
 
 
@@ -146,15 +186,19 @@ def bench_cache(settings: CacheBenchSettings, out_dir: Path, command: str) -> Ca
     shutil.rmtree(cache_dir, ignore_errors=True)  # pass 1 of the disk process fills it
     common = {"dataset_dir": str(dataset_dir), "image_size": list(settings.image_size),
               "batch_size": settings.batch_size, "cache_dir": str(cache_dir)}
+    training = {"train_steps": settings.train_steps, "train_warmup": settings.train_warmup}
     per_mode = {}
     for mode in MODES:
-        print(f"[bench_cache] {mode}: {settings.epochs} passes of {settings.n:,} images in a fresh process",
+        print(f"[bench_cache] {mode}: {settings.epochs} passes of {settings.n:,} images, then "
+              f"{settings.train_warmup}+{settings.train_steps} {TRAIN_BACKBONE} training steps, in a fresh process",
               flush=True)
-        per_mode[mode] = _in_fresh_process("measure_mode", {**common, "mode": mode, "epochs": settings.epochs})
+        per_mode[mode] = _in_fresh_process("measure_mode", {**common, **training, "mode": mode,
+                                                            "epochs": settings.epochs})
     disk_bytes = sum(p.stat().st_size for p in cache_dir.rglob("*") if p.is_file())
     print(f"[bench_cache] memory and disk side by side: {settings.rounds} rounds after one untimed pass each",
           flush=True)
-    side = _in_fresh_process("measure_side_by_side", {**common, "rounds": settings.rounds})
+    side = _in_fresh_process("measure_side_by_side", {**common, **training, "rounds": settings.rounds,
+                                                      "train_rounds": settings.train_rounds})
     rows = summary_rows(per_mode, side, settings.n, disk_bytes)
     csv_path, md_path = write_results(rows, machine, settings, dataset_dir, out_dir, command)
     return CacheBenchResult(rows, csv_path, md_path, headline(rows, settings))
@@ -163,10 +207,13 @@ def bench_cache(settings: CacheBenchSettings, out_dir: Path, command: str) -> Ca
 def summary_rows(per_mode: dict[str, dict], side: dict[str, list], n: int, disk_bytes: int) -> list[dict]:
     """One row per mode: peak RSS, img/s of pass 1 and later passes, side-by-side img/s, ratios to memory."""
     rows = []
+    side_train = side.get("train", {})
     for mode in MODES:
         passes = per_mode[mode]["passes"]
         later = passes[1:]
         timed = side.get(mode, [])
+        train = per_mode[mode].get("train")
+        train_side = side_train.get(mode, [])
         rows.append({
             "mode": mode,
             "images": n,
@@ -181,22 +228,58 @@ def summary_rows(per_mode: dict[str, dict], side: dict[str, list], n: int, disk_
                                             if timed else None),
             "passes_s": " ".join(f"{p['seconds']:.2f}" for p in passes),
             "side_by_side_s": " ".join(f"{p['seconds']:.2f}" for p in timed),
+            "train_backbone": TRAIN_BACKBONE if train else None,
+            "peak_rss_train_gb": round(per_mode[mode]["peak_rss_train"] / 1e9, 2) if train else None,
+            "train_img_per_s": round(train["images"] / train["seconds"], 1) if train else None,
+            "train_cpu_us_per_img": round(1e6 * train["cpu_seconds"] / train["images"], 1) if train else None,
+            "train_side_by_side_img_per_s": (round(_per_second(train_side), 1) if train_side else None),
+            "train_side_by_side_cpu_us_per_img": (round(1e6 * statistics.median(
+                p["cpu_seconds"] / p["images"] for p in train_side), 1) if train_side else None),
+            "train_side_by_side_s": " ".join(f"{p['seconds']:.2f}" for p in train_side),
         })
     memory = rows[0]
     for row in rows:
         row["later_vs_memory"] = round(row["later_img_per_s"] / memory["later_img_per_s"], 3)
         row["side_by_side_vs_memory"] = (round(row["side_by_side_img_per_s"] / memory["side_by_side_img_per_s"], 3)
                                          if row["side_by_side_img_per_s"] else None)
+        row["train_vs_memory"] = (round(row["train_img_per_s"] / memory["train_img_per_s"], 3)
+                                  if row["train_img_per_s"] else None)
+        row["train_side_by_side_vs_memory"] = (
+            round(row["train_side_by_side_img_per_s"] / memory["train_side_by_side_img_per_s"], 3)
+            if row["train_side_by_side_img_per_s"] else None)
     return rows
+
+
+def _per_second(chunks: list[dict]) -> float:
+    """img/s of the median chunk (chunks of equal steps)."""
+    return statistics.median(p["images"] / p["seconds"] for p in chunks)
 
 
 def headline(rows: list[dict], settings: CacheBenchSettings) -> str:
     by = {row["mode"]: row for row in rows}
     height, width = settings.image_size
-    return (f"{settings.n:,} images at {height}x{width}: peak RSS none {by['none']['peak_rss_gb']:.2f} GB, "
-            f"disk {by['disk']['peak_rss_gb']:.2f} GB, memory {by['memory']['peak_rss_gb']:.2f} GB; img/s from "
-            f"pass 2 on vs memory: disk {by['disk']['side_by_side_vs_memory']:.0%} (side by side), "
-            f"none {by['none']['later_vs_memory']:.0%}")
+    pipeline = (f"pipeline-only img/s from pass 2 on vs memory: disk {by['disk']['side_by_side_vs_memory']:.0%} "
+                f"(side by side), none {by['none']['later_vs_memory']:.0%}")
+    if by["memory"]["train_img_per_s"] is None:  # no training steps asked for
+        return (f"{settings.n:,} images at {height}x{width}: peak RSS none {by['none']['peak_rss_gb']:.2f} GB, "
+                f"disk {by['disk']['peak_rss_gb']:.2f} GB, memory {by['memory']['peak_rss_gb']:.2f} GB; {pipeline}")
+    rss = {m: (by[m]["peak_rss_gb"], by[m]["peak_rss_train_gb"]) for m in ("none", "disk")}
+    pipeline_rss_met = all(pipe < RSS_TARGET_GB for pipe, _ in rss.values())
+    train_rss_met = all(train < RSS_TARGET_GB for _, train in rss.values())
+    ratios = {m: by[m]["train_side_by_side_vs_memory"] for m in ("disk", "none")}
+    speed_met = all(r is not None and r >= SPEED_TARGET for r in ratios.values())
+
+    def verdict(met: bool) -> str:
+        return "met" if met else "NOT met"
+
+    return (f"{settings.n:,} images at {height}x{width}: peak RSS none {by['none']['peak_rss_train_gb']:.2f} GB, "
+            f"disk {by['disk']['peak_rss_train_gb']:.2f} GB, memory {by['memory']['peak_rss_train_gb']:.2f} GB "
+            f"with {TRAIN_BACKBONE} training (pipeline only: none {by['none']['peak_rss_gb']:.2f}, disk "
+            f"{by['disk']['peak_rss_gb']:.2f}, memory {by['memory']['peak_rss_gb']:.2f} GB); {pipeline}; "
+            f"{TRAIN_BACKBONE} training img/s from pass 2 on vs memory: disk {ratios['disk']:.0%}, none "
+            f"{ratios['none']:.0%} (side by side); target: none/disk peak RSS < {RSS_TARGET_GB:g} GB "
+            f"{verdict(pipeline_rss_met)} for the pipeline, {verdict(train_rss_met)} with training; training img/s "
+            f"within {1 - SPEED_TARGET:.0%} of memory {verdict(speed_met)}")
 
 
 def write_results(rows: list[dict], machine: dict[str, str], settings: CacheBenchSettings, dataset_dir: Path,
@@ -218,6 +301,15 @@ def write_results(rows: list[dict], machine: dict[str, str], settings: CacheBenc
         "side by side vs memory": _or_dash(r["side_by_side_vs_memory"], "{:.0%}"),
         "side by side CPU-us / img": _or_dash(r["side_by_side_cpu_us_per_img"], "{}"),
     } for r in rows])
+    train_table = pd.DataFrame([{
+        "mode": r["mode"], "peak RSS GB (with model)": _or_dash(r["peak_rss_train_gb"], "{}"),
+        "train img/s": _or_dash(r["train_img_per_s"], "{:.0f}"), "vs memory": _or_dash(r["train_vs_memory"], "{:.0%}"),
+        "CPU-us / img": _or_dash(r["train_cpu_us_per_img"], "{}"),
+        "side by side train img/s": _or_dash(r["train_side_by_side_img_per_s"], "{:.0f}"),
+        "side by side vs memory": _or_dash(r["train_side_by_side_vs_memory"], "{:.0%}"),
+        "side by side CPU-us / img": _or_dash(r["train_side_by_side_cpu_us_per_img"], "{}"),
+    } for r in rows])
+    chunk = -(-settings.train_steps // max(1, settings.train_rounds))
     height, width = settings.image_size
     source = settings.labels_csv or settings.source_dir / _LABELS_FILE
     lines = [
@@ -236,7 +328,25 @@ def write_results(rows: list[dict], machine: dict[str, str], settings: CacheBenc
         "rounds of one pass each (median), so the neighbours' load hits both alike; none decodes every pass",
         "- CPU-us / img: the process's CPU time per image (all threads): the work, which the neighbours hardly move",
         "",
+        "## Pipeline only (no model)",
+        "",
         markdown_table(table),
+        "",
+        f"## Training ({TRAIN_BACKBONE}, from scratch, batch {settings.batch_size}, from pass 2 on)",
+        "",
+        f"- per mode: in the same fresh process, after its pipeline passes (the cache is full), "
+        f"`build_classifier('{TRAIN_BACKBONE}', {TRAIN_CLASSES}, ({height}, {width}), mode='scratch', "
+        f"weights='none')` compiled as `train.py` compiles (Adam, clipnorm, cross-entropy, accuracy), "
+        f"{settings.train_warmup} untimed steps then {settings.train_steps} timed steps on the mode's next pass "
+        "(Keras's `train_function` on the dataset's iterator: `fit`'s own loop); peak RSS: that process's VmHWM "
+        "with the model; img/s counts full batches",
+        f"- side by side: in the side-by-side process, one model trains on memory, disk and none in turn: "
+        f"{settings.train_warmup} untimed steps each, then {settings.train_rounds} rounds of {chunk} steps per "
+        "mode (median round)",
+        f"- target: none/disk peak RSS under {RSS_TARGET_GB:g} GB, and training img/s from pass 2 on within "
+        f"{1 - SPEED_TARGET:.0%} of memory's (side by side)",
+        "",
+        markdown_table(train_table),
         "",
         headline(rows, settings),
         "",
@@ -276,6 +386,40 @@ def _timed_pass(dataset, n: int) -> dict:
     if seen != n:
         raise RuntimeError(f"a pass yielded {seen} images, expected {n}")
     return {"seconds": time.perf_counter() - start, "cpu_seconds": cpu_seconds() - cpu_start}
+
+
+def _training_model(image_size: list[int]):
+    """``TRAIN_BACKBONE`` from scratch, compiled with the optimiser, loss and metric ``train.py`` uses."""
+    import keras
+
+    from tf_models.config import TrainConfig
+    from tf_models.models.classifier import build_classifier
+    from tf_models.models.losses import SparseCrossentropy
+
+    keras.utils.set_random_seed(0)
+    defaults = TrainConfig()
+    model = build_classifier(TRAIN_BACKBONE, TRAIN_CLASSES, tuple(image_size), mode="scratch", weights="none")
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate=defaults.lr, clipnorm=defaults.clipnorm),
+                  loss=SparseCrossentropy(TRAIN_CLASSES, defaults.label_smoothing), metrics=["accuracy"])
+    model.make_train_function()
+    return model
+
+
+def _train_iterator(dataset, steps: int, n: int, batch_size: int):
+    """The dataset's next pass as ``fit`` iterates it; repeated only when ``steps`` outrun one pass (tiny n)."""
+    return iter(dataset if steps <= n // batch_size else dataset.repeat())
+
+
+def _timed_steps(model, iterator, steps: int, batch_size: int) -> dict:
+    """``steps`` training steps as ``fit`` runs them (``train_function(iterator)``); waits for the last one."""
+    start, cpu_start = time.perf_counter(), cpu_seconds()
+    logs = None
+    for _ in range(steps):
+        logs = model.train_function(iterator)
+    if logs is not None:
+        float(logs["loss"])
+    return {"seconds": time.perf_counter() - start, "cpu_seconds": cpu_seconds() - cpu_start,
+            "images": steps * batch_size}
 
 
 def _rss_bytes(field: str) -> int:
