@@ -63,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--identity-run",
                         help="identity run folder to embed faces with (default: the face embedder shipped in the "
                              "package, weights='faces': enrol people from a few photos, nothing to train)")
+    parser.add_argument("--identity-choice", choices=("better", "run"), default="better",
+                        help="with --identity-run: serve the shipped face embedder instead when it rejects fewer "
+                             "known faces on the run's calibration faces (better, default), or always the run")
     parser.add_argument("--enrol-dir", help="enrol every <Person Name>/ folder of photos in DIR at start")
     parser.add_argument("--best-dir", default=DEFAULT_BEST_DIR,
                         help=f"where `make demo` records the best runs (default: {DEFAULT_BEST_DIR})")
@@ -249,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         service = FaceService.from_runs(args.gender_run, args.identity_run, state_dir=args.state_dir,
                                         best_dir=args.best_dir, release_dir=args.release_dir,
                                         runtime=args.runtime, max_faces=args.max_faces,
-                                        target_far=args.target_far)
+                                        target_far=args.target_far, identity_choice=args.identity_choice)
     except NoTrainedModel as err:
         print(f"app_gradio.py: {err}", file=sys.stderr)
         return 2

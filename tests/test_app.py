@@ -85,7 +85,9 @@ def runs(tmp_path_factory) -> tuple[Path, Path]:
 
 @pytest.fixture(scope="module")
 def service(runs, tmp_path_factory) -> FaceService:
-    return FaceService.from_runs(*runs, state_dir=tmp_path_factory.mktemp("state"), runtime="compiled")
+    # identity_choice="run": these tests exercise serving a trained run (test_identity_choice.py the choice)
+    return FaceService.from_runs(*runs, state_dir=tmp_path_factory.mktemp("state"), runtime="compiled",
+                                 identity_choice="run")
 
 
 @pytest.fixture(scope="module")

@@ -146,7 +146,8 @@ def gallery_folder(state_dir: str | Path, identity_run: str | Path) -> Path:
 
 
 def load_or_build_gallery(identity_run: str | Path, state_dir: str | Path, target_far: float = 0.01,
-                          embedder: Predictor | None = None) -> tuple[IdentityGallery, dict[str, Any]]:
+                          embedder: Predictor | None = None, folder: str | Path | None = None,
+                          ) -> tuple[IdentityGallery, dict[str, Any]]:
     """The saved gallery of this identity model, or a new one from the run's own training faces.
 
     A new gallery enrols every person of the run's training split and calibrates the threshold on
@@ -154,11 +155,12 @@ def load_or_build_gallery(identity_run: str | Path, state_dir: str | Path, targe
     (gallery, info for the model-info tab). When the run's data folder is gone, the gallery
     starts empty (people are enrolled in the admin tab). ``embedder``: the identity Predictor the app
     recognises with, so the gallery holds embeddings from the same runtime (int8 or float32) it is
-    matched against; default: the run's Keras model.
+    matched against; default: the run's Keras model. ``folder``: where the gallery is kept (default:
+    :func:`gallery_folder`; another embedder of the same run's faces needs its own).
     """
     from tf_models.config import load_table
 
-    folder = gallery_folder(state_dir, identity_run)
+    folder = Path(folder) if folder is not None else gallery_folder(state_dir, identity_run)
     info_path = folder / "calibration.json"
     if (folder / GALLERY_JSON).is_file():
         info = json.loads(info_path.read_text(encoding="utf-8")) if info_path.is_file() else {}
@@ -209,6 +211,49 @@ def load_face_gallery(state_dir: str | Path, backbone: str = "mobilenetv2",
     return IdentityGallery(spec.faces.gallery_threshold), info, folder
 
 
+IDENTITY_CHOICES = ("better", "run")  # --identity-choice: the better embedder on the calibration faces, or the run
+
+
+def better_embedder(run_calibration: dict[str, Any] | None, faces_calibration: dict[str, Any] | None) -> str:
+    """``"run"`` or ``"faces"``: the one that falsely rejects fewer known faces at the same false-accept
+    target on the run's calibration faces. A tie, or no calibration to compare, keeps the run the user gave."""
+    if not run_calibration or not faces_calibration:
+        return "run"
+    return "faces" if faces_calibration["frr"] < run_calibration["frr"] else "run"
+
+
+def identity_from_run(identity_dir: Path, state_dir: str | Path, target_far: float, runtime: str | None,
+                      choice: str = "better") -> tuple[Predictor, IdentityGallery, dict[str, Any], Path, str]:
+    """The identity model for a trained run: the run itself, or (``choice="better"``) the shipped face
+    embedder when it measures better on the run's own calibration faces (its validation split).
+
+    Returns (predictor, gallery, gallery info, gallery folder, label for the model-info tab).
+    """
+    if choice not in IDENTITY_CHOICES:
+        raise ValueError(f"choice must be one of {IDENTITY_CHOICES}. Received: choice={choice!r}")
+    run = Predictor.from_run(identity_dir, runtime=runtime, top_k=1)
+    gallery, info = load_or_build_gallery(identity_dir, state_dir, target_far, embedder=run)
+    folder, label = gallery_folder(state_dir, identity_dir), str(identity_dir)
+    if choice == "run" or info.get("calibration") is None:
+        return run, gallery, info, folder, label
+    faces = Predictor.from_face_weights(FACE_EMBEDDER_BACKBONE)
+    faces_folder = folder.with_name(f"{folder.name}-faces-{FACE_EMBEDDER_BACKBONE}")
+    faces_gallery, faces_info = load_or_build_gallery(identity_dir, state_dir, target_far, embedder=faces,
+                                                      folder=faces_folder)
+    winner = better_embedder(info.get("calibration"), faces_info.get("calibration"))
+    compared = {name: {k: cal[k] for k in ("far", "frr", "threshold")}
+                for name, cal in (("run", info["calibration"]), ("faces", faces_info.get("calibration"))) if cal}
+    choice_info = {"served": winner, "target_far": target_far, "compared": compared,
+                   "how": "false rejects at the same false-accept target on the run's validation faces"}
+    print(f"[app] identity: {'the shipped face embedder' if winner == 'faces' else identity_dir} serves "
+          f"(false rejects at FAR {target_far:g}: run {compared['run']['frr']:.3f}"
+          + (f", face embedder {compared['faces']['frr']:.3f})" if "faces" in compared else ")"))
+    if winner == "faces":
+        return (faces, faces_gallery, {**faces_info, "identity_choice": choice_info}, faces_folder,
+                f"faces:{FACE_EMBEDDER_BACKBONE} (measured better than {identity_dir})")
+    return run, gallery, {**info, "identity_choice": choice_info}, folder, label
+
+
 # ---------------------------------------------------------------------------------------------
 # The service
 # ---------------------------------------------------------------------------------------------
@@ -236,9 +281,12 @@ class FaceService:
     def from_runs(cls, gender_run: str | Path | None = None, identity_run: str | Path | None = None, *,
                   state_dir: str | Path = DEFAULT_STATE_DIR, best_dir: str | Path = DEFAULT_BEST_DIR,
                   release_dir: str | Path | None = None, runtime: str | None = None,
-                  max_faces: int = DEFAULT_MAX_FACES, target_far: float = 0.01) -> FaceService:
+                  max_faces: int = DEFAULT_MAX_FACES, target_far: float = 0.01,
+                  identity_choice: str = "better") -> FaceService:
         """Loads both runs (default: the best ones recorded in ``best_dir``, else the release models in
-        ``release_dir``), the gallery and the log.
+        ``release_dir``), the gallery and the log. ``identity_choice``: with an identity run, "better"
+        serves the shipped face embedder instead when it measures better on the run's calibration faces
+        (:func:`identity_from_run`); "run" always serves the run.
 
         Raises :class:`NoTrainedModel` when a run is missing.
         """
@@ -251,9 +299,8 @@ class FaceService:
             identity_label = f"faces:{FACE_EMBEDDER_BACKBONE} (shipped face embedder)"
         else:
             identity_dir = resolve_run("identity", identity_run, best_dir)
-            identity = Predictor.from_run(identity_dir, runtime=runtime, top_k=1)
-            gallery, gallery_info = load_or_build_gallery(identity_dir, state_dir, target_far, embedder=identity)
-            folder, identity_label = gallery_folder(state_dir, identity_dir), str(identity_dir)
+            identity, gallery, gallery_info, folder, identity_label = identity_from_run(
+                identity_dir, state_dir, target_far, runtime, identity_choice)
         info = {"gender_run": str(gender_dir), "identity_run": identity_label,
                 "runtime": {"gender": gender.runtime.name, "identity": identity.runtime.name},
                 "gallery": gallery_info, "state_dir": str(state)}
@@ -480,7 +527,10 @@ __all__ = [
     "Analysis",
     "FaceResult",
     "FaceService",
+    "IDENTITY_CHOICES",
     "NoTrainedModel",
+    "better_embedder",
+    "identity_from_run",
     "draw_faces",
     "example_images",
     "gallery_folder",
