@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-from tf_models import backbone_table
 from tf_models.config import add_config_arguments, config_from_args
 
 
@@ -33,6 +32,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.list_backbones:
+        from tf_models import backbone_table  # here, not at the top: --help should not start TensorFlow
+
         print(backbone_table())
         return 0
     try:
