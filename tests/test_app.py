@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import csv
 import os
 import re
@@ -90,8 +91,9 @@ def service(runs, tmp_path_factory) -> FaceService:
                                  identity_choice="run")
 
 
-@pytest.fixture(scope="module")
-def app_url(service):
+@contextlib.contextmanager
+def _served(service: FaceService):
+    """The app of ``service`` on a free local port with the admin password set; yields its URL."""
     import app_gradio
 
     previous = os.environ.get(ADMIN_PASSWORD_ENV)
@@ -99,12 +101,20 @@ def app_url(service):
     demo = app_gradio.build_demo(service)
     app_gradio.launch(demo, concurrency_limit=2, server_name="127.0.0.1", server_port=_free_port(),
                       prevent_thread_lock=True, quiet=True)
-    yield demo.local_url
-    demo.close()
-    if previous is None:
-        os.environ.pop(ADMIN_PASSWORD_ENV, None)
-    else:
-        os.environ[ADMIN_PASSWORD_ENV] = previous
+    try:
+        yield demo.local_url
+    finally:
+        demo.close()
+        if previous is None:
+            os.environ.pop(ADMIN_PASSWORD_ENV, None)
+        else:
+            os.environ[ADMIN_PASSWORD_ENV] = previous
+
+
+@pytest.fixture(scope="module")
+def app_url(service):
+    with _served(service) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -300,20 +310,9 @@ def test_page_loads_in_a_headless_browser_without_errors(app_url, tmp_path):
 @pytest.fixture(scope="module")
 def face_app_url(runs, tmp_path_factory):
     """The app as a fresh clone starts it: identity by the shipped face embedder, an empty gallery."""
-    import app_gradio
-
     service = FaceService.from_runs(runs[0], None, state_dir=tmp_path_factory.mktemp("face_state"), runtime="compiled")
-    previous = os.environ.get(ADMIN_PASSWORD_ENV)
-    os.environ[ADMIN_PASSWORD_ENV] = PASSWORD
-    demo = app_gradio.build_demo(service)
-    app_gradio.launch(demo, concurrency_limit=2, server_name="127.0.0.1", server_port=_free_port(),
-                      prevent_thread_lock=True, quiet=True)
-    yield demo.local_url
-    demo.close()
-    if previous is None:
-        os.environ.pop(ADMIN_PASSWORD_ENV, None)
-    else:
-        os.environ[ADMIN_PASSWORD_ENV] = previous
+    with _served(service) as url:
+        yield url
 
 
 @pytest.mark.slow

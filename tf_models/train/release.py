@@ -33,11 +33,12 @@ RELEASE_METRICS = ("n", "accuracy", "balanced_accuracy", "macro_f1", "per_class"
                    "params", "input_size", "epochs_run")
 
 
-def release_agreement(run_dir: Path, release_dir: Path, inputs: np.ndarray) -> float:
-    """Share of ``inputs`` (model inputs, N x H x W x 3) on which run and release predict the same class."""
+def release_agreement(original, release_dir: Path, inputs: np.ndarray) -> float:
+    """Share of ``inputs`` (model inputs, N x H x W x 3) on which the run's model ``original`` and the
+    release in ``release_dir`` predict the same class."""
     from tf_models.models.classifier import inference_function
 
-    original, release = load_run_model(run_dir), load_run_model(release_dir)
+    release = load_run_model(release_dir)
     size = original.input_shape[1:3]
     a = inference_function(original, size)(inputs.astype(np.float32)).numpy()
     b = inference_function(release, size)(inputs.astype(np.float32)).numpy()
@@ -61,8 +62,9 @@ def write_release(run_dir: str | Path, out_dir: str | Path, check_inputs: np.nda
     for name in (CONFIG_FILE, CLASS_NAMES_FILE, CROP_FILE):
         if (run.run_dir / name).is_file():
             shutil.copy2(run.run_dir / name, staging / name)
-    digest = write_release_weights(load_run_model(run.run_dir), staging)
-    agreement = release_agreement(run.run_dir, staging, check_inputs)
+    model = load_run_model(run.run_dir)  # loaded once: written, then compared with what was written
+    digest = write_release_weights(model, staging)
+    agreement = release_agreement(model, staging, check_inputs)
     if agreement < MIN_RELEASE_AGREEMENT:
         shutil.rmtree(staging)
         raise ValueError(f"The float16 weights agree with {run.run_dir} on {agreement:.1%} of {len(check_inputs)} test "
