@@ -57,6 +57,13 @@ def calibration_faces(sample_dir: Path, input_size: tuple[int, int], count: int 
     return resize_to_input(np.stack([read_image(f) for f in files]), input_size)
 
 
+def _without_local_paths(message: str, workdir: Path) -> str:
+    """An error message for the committed table: this machine's temporary folders named, not spelled out."""
+    for folder, name in ((str(workdir), "WORKDIR"), (tempfile.gettempdir(), "TMPDIR")):
+        message = message.replace(folder, name)
+    return message
+
+
 def bench_backbone(name: str, runtimes: list[str], batch: int, repeats: int, batch_repeats: int,
                    workdir: Path, calibration_dir: Path) -> list[dict]:
     """One row per runtime for backbone ``name`` (int8 calibrated on the faces in ``calibration_dir``)."""
@@ -77,7 +84,7 @@ def bench_backbone(name: str, runtimes: list[str], batch: int, repeats: int, bat
         try:
             engines[runtime] = make_runtime(runtime, serving, folder / runtime, representative=representative)
         except Exception as err:  # noqa: BLE001  a converter that cannot take this model: reported, not fatal
-            failed[runtime] = f"{type(err).__name__}: {str(err).splitlines()[0][:160]}"
+            failed[runtime] = f"{type(err).__name__}: {_without_local_paths(str(err).splitlines()[0], workdir)[:160]}"
             tqdm.write(f"{name}/{runtime}: could not be built ({failed[runtime]})")
     rng = np.random.default_rng(0)
     one = rng.uniform(0, 255, (1, *spec.default_input, 3)).astype(np.float32)
