@@ -16,14 +16,14 @@ from __future__ import annotations
 import contextlib
 import csv
 import datetime as dt
-import os
 import sqlite3
-import tempfile
 import unicodedata
 from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
+
+from tf_models.files import atomic_write
 
 BUSY_TIMEOUT_MS = 30_000  # how long a writer waits for another writer's lock before giving up
 COLUMNS = ("course", "date", "name", "confidence", "marked_at")  # session_rows() and the CSV, in order
@@ -147,17 +147,7 @@ class AttendanceLog:
         Written to a temporary file and renamed, so a download never gets a half-written log.
         """
         frame = self.session_rows(course, date)
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(handle, "w", encoding="utf-8", newline="") as file:
-                frame.to_csv(file, index=False, quoting=csv.QUOTE_MINIMAL)
-            os.replace(temp, path)
-        except BaseException:
-            Path(temp).unlink(missing_ok=True)
-            raise
-        return path
+        return atomic_write(path, frame.to_csv(index=False, quoting=csv.QUOTE_MINIMAL, lineterminator="\n"))
 
     def __len__(self) -> int:
         with self._connect() as connection:

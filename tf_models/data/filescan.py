@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from tf_models.files import atomic_write
 from tf_models.images import ImageReadError, check_image, to_rgb
 
 # Bump when a column is computed differently, so old cache files are not mixed with new rows.
@@ -86,7 +87,7 @@ def scan_files(paths: Sequence[str | Path], cache_file: Path | None = None, work
     if cache_file is not None and todo:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
         merged = pd.concat([cached[~cached["path"].isin(frame["path"])], frame[frame["ok"]]], ignore_index=True)
-        merged.to_csv(cache_file, index=False)
+        atomic_write(cache_file, merged.to_csv(index=False))  # a killed or parallel run never leaves half a file
     return frame
 
 

@@ -9,6 +9,7 @@ person. Exact duplicates filed under two different people are removed and report
 from __future__ import annotations
 
 
+import io
 import json
 import unicodedata
 
@@ -21,6 +22,7 @@ from tqdm.auto import tqdm
 
 from tf_models.data.tables import DataReport, ImageTable, apply_duplicates, finish_table
 from tf_models.data.filescan import NEAR_DUPLICATE_BITS, default_cache_dir, scan_files
+from tf_models.files import atomic_write
 from tf_models.images import ImageReadError, is_image_path, read_image
 from tf_models.data.splits import check_class_sizes, stratified_split
 from tf_models.faces.crop import CropSettings
@@ -58,11 +60,13 @@ def _crop_one(path: str, sha1: str, crop: CropSettings, cache: Path) -> tuple[st
         outcome = "no face found (use keep_whole_if_no_face for already-cropped photos)"
     kept = box is not None
     cache.mkdir(parents=True, exist_ok=True)
-    if kept:
+    if kept:  # the crop first, then the outcome that points at it; each whole or not at all
         margin = 0.0 if outcome.endswith("kept whole") else crop.margin
-        Image.fromarray(crop_face(image, box, margin=margin, size=crop.size)).save(png_path)
-    meta_path.write_text(json.dumps({"kept": kept, "outcome": outcome, "box": list(box) if kept else None,
-                                     "source": path}))
+        png = io.BytesIO()
+        Image.fromarray(crop_face(image, box, margin=margin, size=crop.size)).save(png, format="PNG")
+        atomic_write(png_path, png.getvalue())
+    atomic_write(meta_path, json.dumps({"kept": kept, "outcome": outcome, "box": list(box) if kept else None,
+                                        "source": path}))
     return (str(png_path) if kept else None), outcome
 
 

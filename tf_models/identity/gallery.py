@@ -19,14 +19,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import threading
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from tf_models.files import atomic_write
+
 GALLERY_JSON = "gallery.json"  # names, threshold, counts, checksum of the npz (human-readable)
 GALLERY_NPZ = "gallery.npz"  # embeddings (float32) and the person index of each row
 GALLERY_FORMAT = 1
@@ -229,8 +230,8 @@ class IdentityGallery:
             manifest = {"format": GALLERY_FORMAT, "threshold": self._threshold, "dim": dim, "names": names,
                         "counts": [len(self._people[n]) for n in names],
                         "npz_sha1": hashlib.sha1(npz_bytes).hexdigest()}
-            _atomic_write(folder / GALLERY_NPZ, npz_bytes)
-            _atomic_write(folder / GALLERY_JSON, json.dumps(manifest, ensure_ascii=False, indent=1).encode("utf-8"))
+            atomic_write(folder / GALLERY_NPZ, npz_bytes)
+            atomic_write(folder / GALLERY_JSON, json.dumps(manifest, ensure_ascii=False, indent=1).encode("utf-8"))
         return folder
 
     @classmethod
@@ -268,17 +269,3 @@ def _npz_bytes(**arrays: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
     return buffer.getvalue()
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Temp file in the same folder (same file system), fsync, then rename over ``path``."""
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise

@@ -1,0 +1,32 @@
+"""atomic_write: a reader sees the old file or the new one, never half of one."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from tf_models import files
+from tf_models.files import atomic_write
+
+
+def test_atomic_write_replaces_the_file_whole(tmp_path):
+    path = tmp_path / "sub" / "scan.csv"
+    atomic_write(path, "path,size\na.jpg,1\n")
+    atomic_write(path, b"path,size\nb.jpg,2\n")
+    assert path.read_text(encoding="utf-8") == "path,size\nb.jpg,2\n"
+    assert [p.name for p in path.parent.iterdir()] == ["scan.csv"]  # no temporary file left
+
+
+def test_a_write_that_dies_midway_leaves_the_old_file_and_no_debris(tmp_path, monkeypatch):
+    path = tmp_path / "gallery.json"
+    atomic_write(path, '{"names": ["Ana"]}')
+
+    def killed(fd):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(files.os, "fsync", killed)  # the new bytes were written but never made it
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write(path, '{"names": ["Ana", "Bo')
+    assert path.read_text(encoding="utf-8") == '{"names": ["Ana"]}'
+    assert sorted(os.listdir(tmp_path)) == ["gallery.json"]
