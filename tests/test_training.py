@@ -54,6 +54,42 @@ def test_finetune_runs_two_phases_with_cached_features(tmp_path):
     assert result.metrics["feature_cache"] is True
 
 
+def test_a_run_killed_while_fine_tuning_resumes_there_without_training_its_head_again(tmp_path, monkeypatch):
+    import tf_models.train.training as training
+
+    config = _config(tmp_path, backbone="mobilenetv2", mode="finetune", input_size=(64, 64), epochs=2,
+                     finetune_epochs=2, lr=1e-3, finetune_lr=1e-5)
+    run = tmp_path / "run"
+
+    class Killed(Exception):
+        pass
+
+    class KillAtSecondFinetuneEpoch(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 1:
+                raise Killed
+
+    real_callbacks, real_head = training._callbacks, training._fit_head_on_cached_features
+    monkeypatch.setattr(training, "_callbacks", lambda config, run_dir, phase, epochs, lr: [
+        *real_callbacks(config, run_dir, phase, epochs, lr), *([KillAtSecondFinetuneEpoch()] if phase == "phase2" else [])])
+    with pytest.raises(Killed):
+        train(config, verbose=0)
+    assert (run / "backup" / "phase1.done.npz").is_file() and not (run / "metrics.json").exists()
+    with np.load(run / "backup" / "phase1.done.npz") as saved:
+        head_rows = json.loads(str(saved["meta"]))["rows"]
+
+    monkeypatch.setattr(training, "_callbacks", real_callbacks)
+    heads_trained = []
+    monkeypatch.setattr(training, "_fit_head_on_cached_features",
+                        lambda *args, **kwargs: heads_trained.append(1) or real_head(*args, **kwargs))
+    train(config, verbose=0)
+    assert heads_trained == []  # the head phase was done: loaded, not trained again
+    history = pd.read_csv(run / "history.csv")
+    assert history["phase"].tolist() == ["head", "head", "finetune", "finetune"]
+    np.testing.assert_allclose(history["loss"][:2], [row["loss"] for row in head_rows])
+    assert (run / "metrics.json").is_file() and not (run / "backup").exists()  # finished: nothing to resume
+
+
 def test_identity_task_saves_crop_settings(tmp_path):
     result = train(_config(tmp_path, task="identity", data_dir=STUDENTS, subset=None, val_fraction=0.17,
                            test_fraction=0.17), verbose=0)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import io
 import json
 import math
 import os
@@ -24,7 +25,7 @@ import shutil
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,9 +41,11 @@ from tf_models.models.classifier import (
     HeadConfig,
     build_classifier,
     head_layers,
+    mirror_averaged,
     unfreeze_top,
 )
 from tf_models.config import TrainConfig, load_table
+from tf_models.files import atomic_write
 from tf_models.data.tables import ImageTable
 from tf_models.runs import (
     BACKBONE_WEIGHTS_FILE,
@@ -391,6 +394,9 @@ def _train(config: TrainConfig, run_dir: Path, strategy, policy: str, table: Ima
     history.to_csv(run_dir / HISTORY_FILE)
     if len(history):
         plot_history(history, run_dir / "learning_curves.png", title=f"{config.backbone} {config.mode}")
+    if config.mirror_average:  # trained plain (half the cost); tested and served with the mirror view
+        with strategy.scope():
+            model = mirror_averaged(model)
     model.save(run_dir / MODEL_FILE)
     # The headless backbone alone: `--weights RUN/backbone.weights.h5` starts another task from it
     # (e.g. identity on top of a backbone trained on CelebA gender, with no download needed).
@@ -406,6 +412,7 @@ def _train(config: TrainConfig, run_dir: Path, strategy, policy: str, table: Ima
                     "input_size": list(image_size), "feature_cache": bool(use_feature_cache),
                     "feature_extraction_seconds": extract_seconds, "image_cache": image_cache.to_dict()})
     write_metrics(run_dir, metrics)
+    shutil.rmtree(run_dir / _BACKUP_DIR, ignore_errors=True)  # the run is complete: nothing left to resume
     _log_worker(worker_role(strategy), event="end", write_dir=str(run_dir.resolve()),
                 weights_sha256=weights_checksum(model),
                 metrics={name: metrics[name] for name in ("accuracy", "balanced_accuracy", "confusion_matrix")})
@@ -447,15 +454,16 @@ def _fit_phases(model: keras.Model, config: TrainConfig, run_dir: Path, table: I
     epoch_seconds: list[float] = []
     extract_seconds = 0.0
     if config.epochs > 0:
-        if use_feature_cache:
-            history, seconds, extract_seconds = _fit_head_on_cached_features(
-                model, config, run_dir, train_paths, train_labels, val_paths, val_labels, image_size, class_weight,
-                strategy, verbose)
-        else:
+        def head_phase() -> tuple[pd.DataFrame, float, float]:
+            if use_feature_cache:
+                return _fit_head_on_cached_features(model, config, run_dir, train_paths, train_labels, val_paths,
+                                                    val_labels, image_size, class_weight, strategy, verbose)
             with strategy.scope():
                 _compile(model, config, num_classes, config.lr)
-            history, seconds = _fit(model, train_ds, val_ds, config, run_dir, "phase1", config.epochs, config.lr,
-                                    fit_class_weight, verbose)
+            return *_fit(model, train_ds, val_ds, config, run_dir, "phase1", config.epochs, config.lr,
+                         fit_class_weight, verbose), 0.0
+
+        history, seconds, extract_seconds = _phase_once(model, run_dir, "phase1", head_phase)
         histories.append(history.assign(phase="head" if first_mode == "transfer" else config.mode))
         epoch_seconds.append(seconds)
     if config.mode == "finetune":
@@ -463,11 +471,37 @@ def _fit_phases(model: keras.Model, config: TrainConfig, run_dir: Path, table: I
         with strategy.scope():
             unfreeze_top(model, config.backbone, config.finetune_layers, config.finetune_from)
             _compile(model, config, num_classes, config.finetune_lr)
-        history, seconds = _fit(model, train_ds, val_ds, config, run_dir, "phase2", epochs, config.finetune_lr,
-                                fit_class_weight, verbose)
+        history, seconds, _ = _phase_once(model, run_dir, "phase2", lambda: (*_fit(
+            model, train_ds, val_ds, config, run_dir, "phase2", epochs, config.finetune_lr, fit_class_weight,
+            verbose), 0.0))
         histories.append(history.assign(phase="finetune"))
         epoch_seconds.append(seconds)
     return histories, epoch_seconds, extract_seconds, image_cache
+
+
+def _phase_once(model: keras.Model, run_dir: Path, phase: str,
+                run_phase: Callable[[], tuple[pd.DataFrame, float, float]]) -> tuple[pd.DataFrame, float, float]:
+    """``run_phase()`` (history, seconds per epoch, extraction seconds), or what it gave before this run restarted.
+
+    BackupAndRestore resumes the phase it was in and deletes its backup when the phase ends, so a run
+    killed in the fine-tuning phase would train its head phase again from the start. A finished phase
+    leaves its weights and history in ``backup/<phase>.done.npz`` instead; a restart loads them and goes on.
+    """
+    done = run_dir / _BACKUP_DIR / f"{phase}.done.npz"
+    if done.is_file():
+        with np.load(done, allow_pickle=False) as saved:
+            model.set_weights([saved[f"weight{i}"] for i in range(len(model.weights))])
+            meta = json.loads(str(saved["meta"]))
+        print(f"{phase}: finished before the restart, its weights and history loaded from {done}", flush=True)
+        return pd.DataFrame(meta["rows"]), meta["seconds"], meta["extract_seconds"]
+    history, seconds, extract_seconds = run_phase()
+    meta = {"rows": json.loads(history.to_json(orient="records")), "seconds": float(seconds),
+            "extract_seconds": float(extract_seconds)}
+    buffer = io.BytesIO()
+    np.savez(buffer, meta=np.asarray(json.dumps(meta)),
+             **{f"weight{i}": np.asarray(w) for i, w in enumerate(model.get_weights())})
+    atomic_write(done, buffer.getvalue())
+    return history, seconds, extract_seconds
 
 
 def _test_metrics(model: keras.Model, table: ImageTable, run_dir: Path, config: TrainConfig) -> dict:
