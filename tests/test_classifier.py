@@ -10,7 +10,7 @@ import pytest
 
 from conftest import ALL_BACKBONES, MODES, small_input
 from tf_models import HeadConfig, WeightsUnavailableError, build_classifier, get_backbone
-from tf_models.models.classifier import BACKBONE_LAYER
+from tf_models.models.classifier import BACKBONE_LAYER, FEATURES_LAYER, head_layers, mirror_averaged
 
 NUM_CLASSES = 3
 
@@ -129,6 +129,32 @@ def test_saved_model_round_trips_with_safe_mode(tmp_path):
     model.save(path)
     loaded = keras.saving.load_model(path, safe_mode=True)
     np.testing.assert_allclose(np.array(loaded(x)), np.array(model(x)), atol=1e-6)
+
+
+def test_mirror_averaged_answers_from_both_views_with_the_same_weights(tmp_path):
+    plain = _build("alexnet_bn", "scratch")  # random weights whose answers differ from image to image
+    mirrored = mirror_averaged(plain)
+    assert {id(v) for v in mirrored.weights} == {id(v) for v in plain.weights}  # shared, not copied
+    assert [v.path for v in mirrored.weights] == [v.path for v in plain.weights]
+    x = _random_images(small_input("alexnet_bn"), n=3)
+    flipped = x[:, :, ::-1]
+    # By hand: the plain model's pooled features of both views, averaged, through its head.
+    features = keras.Model(plain.input, plain.get_layer(FEATURES_LAYER).output)
+    h = (np.asarray(features(x, training=False)) + np.asarray(features(flipped, training=False))) / 2
+    for layer in head_layers(plain):
+        h = layer(h, training=False)
+    expected = np.asarray(h)
+    np.testing.assert_allclose(np.asarray(mirrored(x, training=False)), expected, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(mirrored(flipped)), expected, atol=1e-5)  # a mirror changes nothing
+    assert not np.allclose(np.asarray(plain(x)), expected, atol=1e-5)  # and it is not the plain answer
+
+    path = tmp_path / "model.keras"
+    mirrored.save(path)
+    loaded = keras.saving.load_model(path, safe_mode=True)
+    np.testing.assert_allclose(np.asarray(loaded(x)), expected, atol=1e-5)
+    rebuilt = build_classifier("alexnet_bn", NUM_CLASSES, small_input("alexnet_bn"), mode="scratch", weights=None,
+                               mirror_average=True)
+    assert [v.path for v in rebuilt.weights] == [v.path for v in plain.weights]
 
 
 # ---- weights -----------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import pytest
 from conftest import CELEBA_SAMPLE, REPO_ROOT, train_tiny_run
 
 from tf_models.app.service import NoTrainedModel, resolve_run
+from tf_models.models.classifier import MIRROR_LAYER
 from tf_models.runs import MODEL_FILE, RELEASE_CARD_FILE, RELEASE_WEIGHTS_FILE, load_run_model, read_run, release_run
 from tf_models.serve.predictor import Predictor
 from tf_models.train import release as release_module
@@ -49,6 +50,18 @@ def test_a_release_is_half_the_size_and_serves_the_same_answers(gender_run, tmp_
     assert len(faces[0]) == len(faces[1]) >= 1
     assert faces[0][0].label == faces[1][0].label
     assert abs(faces[0][0].confidence - faces[1][0].confidence) < 0.02
+
+
+def test_a_mirror_averaged_run_is_served_and_released_with_its_mirror(tmp_path):
+    run = train_tiny_run("gender", tmp_path / "run", tmp_path / "cache", epochs=1, mirror_average=True)
+    model = load_run_model(run)
+    assert MIRROR_LAYER in [layer.name for layer in model.layers]
+    x = _inputs(8)
+    answers = np.asarray(model(x))
+    np.testing.assert_allclose(np.asarray(model(x[:, :, ::-1])), answers, atol=1e-5)  # both views, averaged
+    released = load_run_model(write_release(run, tmp_path / "gender", _inputs(), command="make_release.py --test"))
+    assert MIRROR_LAYER in [layer.name for layer in released.layers]  # rebuilt from config.yaml with its mirror
+    np.testing.assert_allclose(np.asarray(released(x)), answers, atol=1e-2)  # float16 rounding
 
 
 def test_a_release_that_disagrees_with_its_run_is_not_written(gender_run, tmp_path, monkeypatch):

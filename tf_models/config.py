@@ -54,6 +54,7 @@ class TrainConfig:
     head_dropout: float = 0.2  # dropout after each hidden head layer
     finetune_layers: int | None = None  # finetune: number of top backbone layers to train
     finetune_from: str | None = None  # finetune: first trainable backbone layer (default: the top block)
+    mirror_average: bool = False  # test and serve each image with its mirror image (averaged features; twice the backbone time)
     # --- optimisation ---
     epochs: int = 10  # head epochs (phase 1)
     finetune_epochs: int = 0  # finetune mode: epochs of phase 2 at --finetune-lr (0: --epochs)

@@ -175,7 +175,8 @@ def load_run_model(run_dir: str | Path) -> Any:
 
     config = run.config
     model = build_classifier(config.backbone, len(run.class_names), config.input_size, mode=config.mode,
-                             weights="none", head=HeadConfig(units=tuple(config.head_units), dropout=config.head_dropout))
+                             weights="none", head=HeadConfig(units=tuple(config.head_units), dropout=config.head_dropout),
+                             mirror_average=config.mirror_average)
     with np.load(run.model_path, allow_pickle=False) as arrays:
         stored = dict(arrays)
     variables = {v.path: v for v in model.weights}

@@ -35,7 +35,7 @@ from tf_models.models.backbones import (
     read_face_weights,
 )
 from tf_models.models.classifier import BACKBONE_LAYER, build_backbone, normalize_input_shape
-from tf_models.models.preprocessing import ImagePreprocessing
+from tf_models.models.preprocessing import ImagePreprocessing, MirrorImage
 
 EMBEDDING_OUTPUT = "embedding"
 FACE_FEATURES_LAYER = "face_features"  # pooled backbone features
@@ -104,14 +104,6 @@ def build_face_embedder(backbone: str, input_size: Sequence[int] | None = None, 
         for name in (PROJECTION_LAYER, PROJECTION_BN_LAYER):
             assign_face_weights(model.get_layer(name).weights, arrays, "head/", spec.name)
     return model
-
-
-@keras.saving.register_keras_serializable(package="tf_models")
-class MirrorImage(layers.Layer):
-    """Flips images left-right (N x H x W x C): a fixed mirror, not a random augmentation."""
-
-    def call(self, images):
-        return ops.flip(images, axis=2)
 
 
 def is_face_embedder(model: keras.Model) -> bool:

@@ -66,3 +66,11 @@ class ImagePreprocessing(keras.layers.Layer):
         config.update({"mode": self.mode})
         config.pop("dtype", None)  # always float32, set in __init__
         return config
+
+
+@keras.saving.register_keras_serializable(package="tf_models")
+class MirrorImage(keras.layers.Layer):
+    """Flips images left-right (N x H x W x C): a fixed mirror, not a random augmentation."""
+
+    def call(self, images):
+        return ops.flip(images, axis=2)
