@@ -4,9 +4,9 @@
     python scripts/make_release.py                     # gender, configs/quality_gender_faces.yaml on the shared CelebA
     python scripts/make_release.py --run-dir runs/release/gender   # release a finished run as it is
 
-Writes tf_models/release/<task>/ (package data: config.yaml, class_names.json, model.float16.npz,
+Writes tf_models/release/<task>/ (package data: config.yaml, class_names.json, model.int8.npz,
 metrics.json, MODEL_CARD.md). `python app_gradio.py` with no arguments serves the runs recorded in
-results/best/, else these. The float16 weights are checked against the float32 run before anything
+results/best/, else these. The int8 weights are checked against the float32 run before anything
 is written.
 """
 
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import shlex
 import sys
 
 
@@ -25,6 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-dir", default=None, help="the run folder (default: runs/release/<task>); "
                                                         "a finished one is released without training")
     parser.add_argument("--out", default=None, help="release folder (default: tf_models/release/<task>)")
+    parser.add_argument("--trained-by", default="", help="the command that trained --run-dir, when another one did "
+                                                         "(written in the model card)")
     args = parser.parse_args(argv)
 
     from tf_models.config import TrainConfig
@@ -34,9 +37,10 @@ def main(argv: list[str] | None = None) -> int:
     config = TrainConfig.load(args.config)
     config = dataclasses.replace(config, data_dir=args.data_dir,
                                  out=args.run_dir or f"runs/release/{config.task}").validate()
-    command = "python scripts/make_release.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "python scripts/make_release.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     try:
-        out = make_release(config, args.out or RELEASES_DIR / config.task, command=command.strip())
+        out = make_release(config, args.out or RELEASES_DIR / config.task, command=command.strip(),
+                           trained_by=args.trained_by)
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

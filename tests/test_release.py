@@ -1,4 +1,4 @@
-"""Release models: a finished run written as float16 package data, served like any run, and the app's
+"""Release models: a finished run written as int8 package data, served like any run, and the app's
 fallback when no trained run is recorded (scripts/make_release.py, tf_models/train/release.py)."""
 
 from __future__ import annotations
@@ -31,20 +31,22 @@ def _inputs(count: int = 24) -> np.ndarray:
     return np.concatenate([x.numpy() for x, _ in make_dataset(paths, [0] * len(paths), (72, 72), 32, training=False)])
 
 
-def test_a_release_is_half_the_size_and_serves_the_same_answers(gender_run, tmp_path):
+def test_a_release_is_a_quarter_of_the_size_and_serves_the_same_answers(gender_run, tmp_path):
     out = write_release(gender_run, tmp_path / "gender", _inputs(), command="python scripts/make_release.py --test")
     assert not (out / MODEL_FILE).exists() and (out / RELEASE_WEIGHTS_FILE).is_file()
-    assert (out / RELEASE_WEIGHTS_FILE).stat().st_size < 0.6 * (gender_run / MODEL_FILE).stat().st_size
+    assert (out / RELEASE_WEIGHTS_FILE).stat().st_size < 0.35 * (gender_run / MODEL_FILE).stat().st_size
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["float16_agreement"] >= release_module.MIN_RELEASE_AGREEMENT
+    assert metrics["agreement"] >= release_module.MIN_RELEASE_AGREEMENT
     card = (out / RELEASE_CARD_FILE).read_text()
     assert "make_release.py --test" in card and f"{metrics['accuracy']:.4f}" in card
     assert read_run(out).is_release and release_run("gender", tmp_path) == out
 
     original, served = load_run_model(gender_run), load_run_model(out)
     assert [v.path for v in original.weights] == [v.path for v in served.weights]
-    for a, b in zip(original.weights, served.weights):  # float16 rounding, nothing else
-        assert np.allclose(a.numpy(), b.numpy(), rtol=1e-3, atol=1e-3), a.path
+    for a, b in zip(original.weights, served.weights):  # int8 rounding (half a step of its channel), nothing else
+        a, b = a.numpy(), b.numpy()
+        step = np.abs(a).max() / 127 if a.ndim >= 2 and a.size >= 1024 else 1e-3 * (np.abs(a).max() + 1)
+        assert np.abs(a - b).max() <= 0.51 * step + 1e-6, (a.shape, np.abs(a - b).max(), step)
     photo = next((CELEBA_SAMPLE / "img_align_celeba").glob("*.jpg"))
     faces = [Predictor.from_run(folder, runtime="compiled").predict_image(photo).faces for folder in (gender_run, out)]
     assert len(faces[0]) == len(faces[1]) >= 1
@@ -61,7 +63,10 @@ def test_a_mirror_averaged_run_is_served_and_released_with_its_mirror(tmp_path):
     np.testing.assert_allclose(np.asarray(model(x[:, :, ::-1])), answers, atol=1e-5)  # both views, averaged
     released = load_run_model(write_release(run, tmp_path / "gender", _inputs(), command="make_release.py --test"))
     assert MIRROR_LAYER in [layer.name for layer in released.layers]  # rebuilt from config.yaml with its mirror
-    np.testing.assert_allclose(np.asarray(released(x)), answers, atol=1e-2)  # float16 rounding
+    np.testing.assert_allclose(np.asarray(released(x)), answers, atol=2e-2)  # int8 rounding
+    photo = next((CELEBA_SAMPLE / "img_align_celeba").glob("*.jpg"))
+    faces = [Predictor.from_run(folder, runtime="compiled").predict_image(photo).faces for folder in (run, tmp_path / "gender")]
+    assert faces[0][0].label == faces[1][0].label and abs(faces[0][0].confidence - faces[1][0].confidence) < 0.02
 
 
 def test_a_release_that_disagrees_with_its_run_is_not_written(gender_run, tmp_path, monkeypatch):

@@ -6,8 +6,9 @@ A run folder holds everything needed to use, judge and repeat a run::
     class_names.json       label index -> class name
     crop.json              identity runs: how faces were found and cut out (CropSettings)
     model.keras            the trained classifier (preprocessing inside)
-    model.float16.npz      instead of model.keras in a release folder (scripts/make_release.py): the same
-                           weights in float16, rebuilt from config.yaml on load; half the size to ship
+    model.int8.npz         instead of model.keras in a release folder (scripts/make_release.py): the same
+                           weights in int8 per output channel, rebuilt from config.yaml on load; a quarter
+                           of the size to ship
     backbone.weights.h5    the trained headless backbone: --weights for another task
     history.csv, metrics.json, data_report.{json,md}, plots, tensorboard/, backup/
     exports/               serving files made from model.keras (see tf_models.serve); a release
@@ -34,7 +35,8 @@ CONFIG_FILE = "config.yaml"
 CLASS_NAMES_FILE = "class_names.json"
 CROP_FILE = "crop.json"
 MODEL_FILE = "model.keras"
-RELEASE_WEIGHTS_FILE = "model.float16.npz"  # a release folder's model: weights by variable path, float16
+RELEASE_WEIGHTS_FILE = "model.int8.npz"  # a release folder's model: weights by variable path (write_release_weights)
+_SCALE_SUFFIX = "@scale"  # model.int8.npz: the per-channel scales of the int8 array of the same variable path
 RELEASE_CARD_FILE = "MODEL_CARD.md"
 BACKBONE_WEIGHTS_FILE = "backbone.weights.h5"
 HISTORY_FILE = "history.csv"
@@ -61,7 +63,7 @@ class RunFiles:
 
     @property
     def is_release(self) -> bool:
-        """A release folder: float16 weights and no model.keras (scripts/make_release.py)."""
+        """A release folder: int8 weights and no model.keras (scripts/make_release.py)."""
         return not (self.run_dir / MODEL_FILE).is_file()
 
     @property
@@ -163,7 +165,7 @@ def release_run(task: str, releases_dir: str | Path = RELEASES_DIR) -> Path | No
 
 def load_run_model(run_dir: str | Path) -> Any:
     """The run's model (a ``keras.Model``): ``model.keras`` loaded with ``safe_mode=True`` (no code from
-    the file), or for a release folder the classifier its config describes with the float16 weights set."""
+    the file), or for a release folder the classifier its config describes with its int8 weights set."""
     import keras
 
     import tf_models.models  # noqa: F401  registers the custom layers and losses the file names
@@ -179,6 +181,7 @@ def load_run_model(run_dir: str | Path) -> Any:
                              mirror_average=config.mirror_average)
     with np.load(run.model_path, allow_pickle=False) as arrays:
         stored = dict(arrays)
+    scales = {path[:-len(_SCALE_SUFFIX)]: stored.pop(path) for path in list(stored) if path.endswith(_SCALE_SUFFIX)}
     variables = {v.path: v for v in model.weights}
     if set(stored) != set(variables):
         raise ValueError(f"{run.model_path} does not match the {config.backbone} classifier of {run.run_dir / CONFIG_FILE} "
@@ -186,13 +189,31 @@ def load_run_model(run_dir: str | Path) -> Any:
     for path, value in stored.items():
         if tuple(value.shape) != tuple(variables[path].shape):
             raise ValueError(f"{run.model_path}: {path} has shape {value.shape}, the model {variables[path].shape}.")
+        if path in scales:  # int8 x its channel's scale
+            value = value.astype(np.float32) * scales[path]
         variables[path].assign(value.astype(variables[path].dtype))
     return model
 
 
 def write_release_weights(model: Any, folder: Path) -> str:
-    """``model``'s weights as float16 ``model.float16.npz`` (a release folder's model); returns its sha256."""
-    arrays = {v.path: np.asarray(v.numpy(), np.float16) for v in model.weights}
+    """``model``'s weights as ``model.int8.npz`` (a release folder's model); returns its sha256.
+
+    Kernels are stored in int8 with one float32 scale per output channel (symmetric, the largest
+    magnitude of the channel maps to 127), everything small (biases, BatchNorm) in float16: about a
+    quarter of float32's size. The caller checks the answers against the float32 model before shipping.
+    """
+    arrays: dict[str, np.ndarray] = {}
+    for variable in model.weights:
+        weights = np.asarray(variable.numpy(), np.float32)
+        if weights.ndim < 2 or weights.size < 1024:
+            arrays[variable.path] = weights.astype(np.float16)
+            continue
+        # Output channels are the last axis; a depthwise kernel (H, W, C, 1) has them on the one before.
+        axis = weights.ndim - 1 if weights.shape[-1] > 1 else weights.ndim - 2
+        scale = np.abs(weights).max(axis=tuple(i for i in range(weights.ndim) if i != axis), keepdims=True) / 127
+        scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
+        arrays[variable.path] = np.clip(np.round(weights / scale), -127, 127).astype(np.int8)
+        arrays[variable.path + _SCALE_SUFFIX] = scale
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / RELEASE_WEIGHTS_FILE
     with open(path, "wb") as handle:

@@ -297,7 +297,13 @@ def with_embedding(model: keras.Model) -> keras.Model:
     """
     if isinstance(model.output, dict) and set(model.output) == set(EMBEDDING_OUTPUTS):
         return model
-    penultimate = model.get_layer(PREDICTIONS_LAYER).input
+    # The input of the output layer's call in *this* graph: a layer shared with another model (the plain
+    # classifier inside mirror_averaged) has a call per model, and ``layer.input`` names the first one's.
+    output_layer, node_index, _ = model.outputs[0]._keras_history
+    if output_layer.name != PREDICTIONS_LAYER:
+        raise ValueError(f"Not a classifier of build_classifier: its output layer is {output_layer.name!r}, "
+                         f"not {PREDICTIONS_LAYER!r}.")
+    penultimate = output_layer._inbound_nodes[node_index].input_tensors[0]
     embedding = layers.UnitNormalization(axis=-1, dtype="float32", name="embedding")(penultimate)
     return keras.Model(model.inputs, dict(zip(EMBEDDING_OUTPUTS, (model.outputs[0], embedding))),
                        name=f"{model.name}_with_embedding")
