@@ -463,7 +463,9 @@ def _fit_phases(model: keras.Model, config: TrainConfig, run_dir: Path, table: I
             return *_fit(model, train_ds, val_ds, config, run_dir, "phase1", config.epochs, config.lr,
                          fit_class_weight, verbose), 0.0
 
-        history, seconds, extract_seconds = _phase_once(model, run_dir, "phase1", head_phase)
+        # The cached-feature head never iterates train_ds; model.fit does (the data order of later phases).
+        history, seconds, extract_seconds = _phase_once(model, config, run_dir, "phase1", head_phase, train_ds,
+                                                        iterates_data=not use_feature_cache)
         histories.append(history.assign(phase="head" if first_mode == "transfer" else config.mode))
         epoch_seconds.append(seconds)
     if config.mode == "finetune":
@@ -471,37 +473,74 @@ def _fit_phases(model: keras.Model, config: TrainConfig, run_dir: Path, table: I
         with strategy.scope():
             unfreeze_top(model, config.backbone, config.finetune_layers, config.finetune_from)
             _compile(model, config, num_classes, config.finetune_lr)
-        history, seconds, _ = _phase_once(model, run_dir, "phase2", lambda: (*_fit(
+        history, seconds, _ = _phase_once(model, config, run_dir, "phase2", lambda: (*_fit(
             model, train_ds, val_ds, config, run_dir, "phase2", epochs, config.finetune_lr, fit_class_weight,
-            verbose), 0.0))
+            verbose), 0.0), train_ds, iterates_data=True)
         histories.append(history.assign(phase="finetune"))
         epoch_seconds.append(seconds)
     return histories, epoch_seconds, extract_seconds, image_cache
 
 
-def _phase_once(model: keras.Model, run_dir: Path, phase: str,
-                run_phase: Callable[[], tuple[pd.DataFrame, float, float]]) -> tuple[pd.DataFrame, float, float]:
+def _phase_once(model: keras.Model, config: TrainConfig, run_dir: Path, phase: str,
+                run_phase: Callable[[], tuple[pd.DataFrame, float, float]], train_ds, *,
+                iterates_data: bool) -> tuple[pd.DataFrame, float, float]:
     """``run_phase()`` (history, seconds per epoch, extraction seconds), or what it gave before this run restarted.
 
     BackupAndRestore resumes the phase it was in and deletes its backup when the phase ends, so a run
     killed in the fine-tuning phase would train its head phase again from the start. A finished phase
-    leaves its weights and history in ``backup/<phase>.done.npz`` instead; a restart loads them and goes on.
+    leaves ``backup/<phase>.done.npz``: its weights, the layers' random state (dropout), its history and
+    how many times it opened ``train_ds``. A restart loads them, opens and drops as many iterators (tf.data
+    reshuffles and redraws augmentation seeds per iterator: see ``_ResumeState``) and goes on exactly as
+    an uninterrupted run. A file from another config or model is ignored (warned): the phase runs again.
     """
     done = run_dir / _BACKUP_DIR / f"{phase}.done.npz"
+    stamp = _phase_stamp(model, config)
     if done.is_file():
         with np.load(done, allow_pickle=False) as saved:
-            model.set_weights([saved[f"weight{i}"] for i in range(len(model.weights))])
             meta = json.loads(str(saved["meta"]))
-        print(f"{phase}: finished before the restart, its weights and history loaded from {done}", flush=True)
-        return pd.DataFrame(meta["rows"]), meta["seconds"], meta["extract_seconds"]
+            if meta.get("stamp") == stamp:
+                model.set_weights([saved[f"weight{i}"] for i in range(len(model.weights))])
+                for i, variable in enumerate(_seed_states(model)):
+                    variable.assign(saved[f"seed{i}"])
+                for _ in range(meta["train_iterators"]):
+                    iter(train_ds)
+                print(f"{phase}: finished before the restart; its weights and history loaded from {done}", flush=True)
+                return pd.DataFrame(meta["rows"]), meta["seconds"], meta["extract_seconds"]
+        warnings.warn(f"{done} is from another config or model than this run's: not used, {phase} runs again.",
+                      stacklevel=2)
     history, seconds, extract_seconds = run_phase()
-    meta = {"rows": json.loads(history.to_json(orient="records")), "seconds": float(seconds),
-            "extract_seconds": float(extract_seconds)}
+    iterators = len(history) * _iterators_per_epoch(train_ds) if iterates_data else 0
+    meta = {"stamp": stamp, "rows": history.to_dict(orient="records"), "seconds": seconds,
+            "extract_seconds": extract_seconds, "train_iterators": iterators}
     buffer = io.BytesIO()
-    np.savez(buffer, meta=np.asarray(json.dumps(meta)),
-             **{f"weight{i}": np.asarray(w) for i, w in enumerate(model.get_weights())})
+    np.savez(buffer, meta=np.asarray(json.dumps(meta, default=_plain)),
+             **{f"weight{i}": np.asarray(w) for i, w in enumerate(model.get_weights())},
+             **{f"seed{i}": np.asarray(v) for i, v in enumerate(_seed_states(model))})
     atomic_write(done, buffer.getvalue())
     return history, seconds, extract_seconds
+
+
+def _phase_stamp(model: keras.Model, config: TrainConfig) -> str:
+    """What a finished phase's file must match to be reused: the config (less where the run is written and
+    how it is served) and the model's weights by path and shape."""
+    settings = {k: v for k, v in config.to_dict().items() if k not in ("out", "mirror_average")}
+    shapes = [(w.path, list(w.shape)) for w in model.weights]
+    return hashlib.sha1(json.dumps([settings, shapes], sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _iterators_per_epoch(dataset) -> int:
+    """How many times Keras 3 opens the training data per epoch: twice when it knows the number of
+    batches (it opens the next epoch's iterator at the end of each epoch, then opens a fresh one when
+    that epoch begins: keras/src/trainers/epoch_iterator.py), else once."""
+    cardinality = dataset.cardinality
+    known = int(cardinality() if callable(cardinality) else cardinality) >= 0
+    return 2 if known else 1
+
+
+def _seed_states(model: keras.Model) -> list:
+    """The random state of the model's layers: what ``model.variables`` holds beyond its weights."""
+    weights = {id(w) for w in model.weights}
+    return [v for v in model.variables if id(v) not in weights]
 
 
 def _test_metrics(model: keras.Model, table: ImageTable, run_dir: Path, config: TrainConfig) -> dict:
@@ -572,7 +611,7 @@ class _ResumeState(keras.callbacks.Callback):
         self._began = True
         if epoch > 0:  # fit always starts at 0 here: a later first epoch is BackupAndRestore's resume
             self._restore(epoch)
-            for _ in range(epoch * self._iterators_per_epoch()):
+            for _ in range(epoch * _iterators_per_epoch(self._dataset)):
                 iter(self._dataset)
 
     def on_epoch_end(self, epoch, logs=None):
@@ -580,34 +619,19 @@ class _ResumeState(keras.callbacks.Callback):
         meta = {"epoch": epoch + 1, "rows": self.rows,
                 "callbacks": [{name: _plain(getattr(c, name)) for name in self._COUNTERS if hasattr(c, name)}
                               for c in self._stateful]}
-        arrays = {f"seed{i}": np.asarray(v) for i, v in enumerate(self._seed_states())}
+        arrays = {f"seed{i}": np.asarray(v) for i, v in enumerate(_seed_states(self.model))}
         for i, callback in enumerate(self._stateful):
             for j, weight in enumerate(getattr(callback, "best_weights", None) or []):
                 arrays[f"best{i}_{j}"] = weight
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        partial = self.path.with_name(self.path.name + ".partial")
-        with partial.open("wb") as handle:  # a kill while writing leaves the previous file whole
-            np.savez(handle, meta=np.asarray(json.dumps(meta)), **arrays)
-        os.replace(partial, self.path)
+        buffer = io.BytesIO()
+        np.savez(buffer, meta=np.asarray(json.dumps(meta)), **arrays)
+        atomic_write(self.path, buffer.getvalue())  # a kill while writing leaves the previous file whole
 
     def on_train_end(self, logs=None):
         if not self._began and self.path.is_file():  # killed after the last epoch's backup: no epoch left to run
             with np.load(self.path) as saved:
                 self.rows = json.loads(str(saved["meta"]))["rows"]
         self.path.unlink(missing_ok=True)  # as BackupAndRestore deletes its backup: the phase is done
-
-    def _iterators_per_epoch(self) -> int:
-        """How many times Keras 3 opens the training data per epoch: twice when it knows the number of
-        batches (it opens the next epoch's iterator at the end of each epoch, then opens a fresh one when
-        that epoch begins: keras/src/trainers/epoch_iterator.py), else once."""
-        cardinality = self._dataset.cardinality
-        known = int(cardinality() if callable(cardinality) else cardinality) >= 0
-        return 2 if known else 1
-
-    def _seed_states(self) -> list:
-        """The random state of the model's layers: what ``model.variables`` holds beyond its weights."""
-        weights = {id(w) for w in self.model.weights}
-        return [v for v in self.model.variables if id(v) not in weights]
 
     def _restore(self, epoch: int) -> None:
         if not self.path.is_file():
@@ -627,7 +651,7 @@ class _ResumeState(keras.callbacks.Callback):
                 best = [f"best{i}_{j}" for j in range(len(saved.files)) if f"best{i}_{j}" in saved.files]
                 if best:
                     callback.best_weights = [saved[k] for k in best]
-            for i, variable in enumerate(self._seed_states()):
+            for i, variable in enumerate(_seed_states(self.model)):
                 variable.assign(saved[f"seed{i}"])
 
 
