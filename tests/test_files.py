@@ -30,3 +30,13 @@ def test_a_write_that_dies_midway_leaves_the_old_file_and_no_debris(tmp_path, mo
         atomic_write(path, '{"names": ["Ana", "Bo')
     assert path.read_text(encoding="utf-8") == '{"names": ["Ana"]}'
     assert sorted(os.listdir(tmp_path)) == ["gallery.json"]
+
+
+def test_a_new_file_gets_the_mode_a_plain_open_would_give(tmp_path):
+    old = os.umask(0o027)
+    try:
+        atomic_write(tmp_path / "scan.csv", "a\n")
+        (tmp_path / "plain.csv").write_text("a\n")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "scan.csv").stat().st_mode & 0o777 == (tmp_path / "plain.csv").stat().st_mode & 0o777 == 0o640

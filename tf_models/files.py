@@ -18,6 +18,8 @@ def atomic_write(path: str | Path, data: bytes | str) -> Path:
     payload = data.encode("utf-8") if isinstance(data, str) else data
     handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        # mkstemp makes the file private (0600); give it the mode a plain open() would (caches may be shared).
+        os.chmod(temp, 0o666 & ~_umask())
         with os.fdopen(handle, "wb") as file:
             file.write(payload)
             file.flush()
@@ -27,6 +29,17 @@ def atomic_write(path: str | Path, data: bytes | str) -> Path:
         Path(temp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _umask() -> int:
+    """This process's umask, read without changing it (os.umask sets while it reads: not thread-safe)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    return 0o022
 
 
 __all__ = ["atomic_write"]

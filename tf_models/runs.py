@@ -29,6 +29,7 @@ import numpy as np
 
 from tf_models.config import TrainConfig
 from tf_models.data.filescan import default_cache_dir
+from tf_models.files import atomic_write
 from tf_models.faces.crop import CropSettings
 
 CONFIG_FILE = "config.yaml"
@@ -104,7 +105,8 @@ def write_crop_settings(folder: Path, crop: CropSettings) -> None:
 
 
 def write_metrics(run_dir: Path, metrics: dict[str, Any]) -> None:
-    (run_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2, ensure_ascii=False), encoding="utf-8")
+    # Whole or not at all: metrics.json marks a run as finished (compare, crossval and make_release skip those).
+    atomic_write(run_dir / METRICS_FILE, json.dumps(metrics, indent=2, ensure_ascii=False))
 
 
 def image_cache_folder(run_dir: Path, config: TrainConfig) -> Path:
@@ -183,6 +185,8 @@ def load_run_model(run_dir: str | Path) -> Any:
         stored = dict(arrays)
     scales = {path[:-len(_SCALE_SUFFIX)]: stored.pop(path) for path in list(stored) if path.endswith(_SCALE_SUFFIX)}
     variables = {v.path: v for v in model.weights}
+    if set(scales) - set(stored) or any(stored[p].dtype == np.int8 and p not in scales for p in stored):
+        raise ValueError(f"{run.model_path}: int8 arrays and their scales do not pair up: remake the release.")
     if set(stored) != set(variables):
         raise ValueError(f"{run.model_path} does not match the {config.backbone} classifier of {run.run_dir / CONFIG_FILE} "
                          f"({len(set(stored) ^ set(variables))} weights differ by name): remake the release.")

@@ -30,8 +30,9 @@ PIXELS_VERSION = 1
 # epoch reads the shards in a new order, SHARD_CYCLE at a time, and shuffles windows of about
 # WINDOW_BYTES: every image once per epoch, in a different neighbourhood each epoch, with memory bounded
 # by the window instead of the dataset. The pipeline holds a few windows and shards in flight: at 100,000
-# 64x64 images, 4 shards and 64 MB windows peaked at 1.46 GB RSS, 2 shards and 16 MB at 1.11 GB (pass 1,
-# which writes the files; TensorFlow alone is 0.75), at the same img/s (scripts/bench_cache.py).
+# 64x64 images, 4 shards and 64 MB windows peaked at 1.55 GB RSS, 2 shards and 16 MB at 1.11 GB (pass 1,
+# which writes the files; TensorFlow alone is 0.75); training img/s stayed within 10% of the memory
+# cache's either way (scripts/bench_cache.py, results/cache/).
 CHUNK_BYTES = 4 << 20
 SHARD_CHUNKS = 16
 SHARD_CYCLE = 2

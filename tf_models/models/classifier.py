@@ -181,7 +181,8 @@ def build_classifier(
         head: the hidden layers of the head; default ``HeadConfig()``.
         finetune_layers: finetune mode: train the top N backbone layers.
         finetune_from: finetune mode: train from this backbone layer up (default: the top block).
-        mirror_average: answer for each image and its mirror image (:func:`mirror_averaged`).
+        mirror_average: answer for each image and its mirror image (:func:`mirror_averaged`): an inference
+            model, whose backbone always runs with ``training=False``; train the plain one.
     """
     spec = get_backbone(backbone)
     weights = _checked_arguments(spec, int(num_classes), mode, weights, finetune_layers, finetune_from)

@@ -31,6 +31,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from tf_models.files import atomic_write
 from tf_models.cpu import cpu_identity, describe_cpu
 from tf_models.runs import RunFiles, file_sha1
 from tf_models.serve.export import MODEL_FILES, calibration_inputs, export_keras, int8_inputs, measure_parity
@@ -288,10 +289,7 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 def _write_json(path: Path, value: dict[str, Any]) -> Path | None:
     """Writes ``value`` atomically; returns None (nothing cached) where the folder is read-only."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(".partial")
-        partial.write_text(json.dumps(value, indent=1), encoding="utf-8")
-        partial.replace(path)
+        atomic_write(path, json.dumps(value, indent=1))
     except OSError:
         return None
     return path

@@ -12,6 +12,7 @@ chunks (one core each). A photo that cannot be read is reported and left out, ne
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import multiprocessing
 import os
@@ -23,6 +24,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from tf_models.faces.crop import CropSettings
+from tf_models.files import atomic_write
 from tf_models.faces.dlib_reference import DLIB_DIM
 
 CHUNK_ROWS = 512
@@ -88,9 +90,9 @@ def _prepare_chunk(args: tuple[list[str], CropSettings, bool, str]) -> str:
         crops[k] = crop_face(image, box, margin=margin, size=crop.size)
         if teacher is not None:
             targets[k] = teacher.embed(image, box)
-    tmp = path + ".tmp.npz"
-    np.savez(tmp, crops=crops, boxes=boxes, found=found, teacher=targets, reasons=np.asarray(reasons))
-    os.replace(tmp, path)
+    buffer = io.BytesIO()
+    np.savez(buffer, crops=crops, boxes=boxes, found=found, teacher=targets, reasons=np.asarray(reasons))
+    atomic_write(path, buffer.getvalue())  # an interrupted preparation resumes at the first missing chunk
     return path
 
 

@@ -71,7 +71,7 @@ def write_release(run_dir: str | Path, out_dir: str | Path, check_inputs: np.nda
         raise ValueError(f"The int8 weights agree with {run.run_dir} on {agreement:.1%} of {len(check_inputs)} test "
                          f"photos (needed: {MIN_RELEASE_AGREEMENT:.1%}); nothing was written.")
     kept = {k: metrics[k] for k in RELEASE_METRICS if k in metrics}
-    kept.update({"weights_storage": "int8, one scale per output channel; biases and BatchNorm float16",
+    kept.update({"weights_storage": "int8 with one scale per output channel for kernels of >= 1024 weights; the rest float16",
                  "agreement": agreement, "agreement_photos": int(len(check_inputs)), "weights_sha256": digest})
     write_metrics(staging, kept)
     (staging / RELEASE_CARD_FILE).write_text(release_card(run.config, run.class_names, kept, command, trained_by), encoding="utf-8")
@@ -111,7 +111,8 @@ def release_card(config, class_names: list[str], metrics: dict, command: str, tr
     return f"""# Release model: {config.task} ({config.backbone}, {config.mode} from weights="{config.weights}")
 
 The model `app_gradio.py` serves for {config.task} when no trained run is recorded in `results/best/`.
-Weights in int8 with a scale per output channel (`model.int8.npz`), rebuilt from `config.yaml`;
+Kernels in int8 with a scale per output channel, small arrays in float16 (`model.int8.npz`), rebuilt from
+`config.yaml`;
 sha256 `{metrics['weights_sha256']}`.
 
 ## How it was made
