@@ -93,7 +93,7 @@ def make_release(config, out_dir: str | Path, *, command: str, trained_by: str =
         print(f"[release] {run_dir} finished earlier: releasing it as it is")
     table = load_table(config)
     paths, labels = table.paths_labels("test" if len(table.split("test")) else "val")
-    size = load_run_model(run_dir).input_shape[1:3]
+    size = tuple(read_metrics(run_dir)["input_size"])  # what the model takes (training records it)
     batches = make_dataset(paths[:check_photos], labels[:check_photos], size, 64, training=False)
     inputs = np.concatenate([images.numpy() for images, _ in batches])
     return write_release(run_dir, out_dir, inputs, command=command, trained_by=trained_by)
