@@ -136,6 +136,21 @@ def run_face_benchmark(embedders: dict[str, Callable[[np.ndarray], np.ndarray] |
     return table
 
 
+DLIB_UNALIGNED = "dlib on our crops (no landmark alignment)"
+
+
+def dlib_on_crops(crops: np.ndarray) -> np.ndarray:
+    """crops -> dlib's unit embeddings of each crop as it is, resized to dlib's 150x150 chip."""
+    from tf_models.faces.dlib_reference import DLIB_DIM, DlibEmbedder
+    from tf_models.images import resize_images
+
+    embedder, vectors = DlibEmbedder(), []
+    for start in range(0, len(crops), 256):
+        chips = np.asarray(resize_images(crops[start:start + 256], (150, 150))).astype(np.uint8)
+        vectors.extend(embedder.embed_chip(chip) for chip in chips)
+    return np.stack(vectors) if vectors else np.zeros((0, DLIB_DIM), np.float32)
+
+
 def keras_embedder(model, input_size: tuple[int, int]) -> Callable[[np.ndarray], np.ndarray]:
     """crops -> unit embeddings with a Keras face embedder (resized as serving resizes)."""
     from tf_models.train.face_pretraining import embed_crops
@@ -173,8 +188,12 @@ def bench_faces(data_root: str | Path, out: str | Path, *, runs: dict[str, str |
         embedders[name] = keras_embedder(model, tuple(model.input_shape[1:3]))
     if include_dlib and dlib_available():
         embedders["dlib"] = faces.teacher[held_out]
+        embedders[DLIB_UNALIGNED] = dlib_on_crops
         notes.append("dlib: dlib_face_recognition_resnet_model_v1 (face_recognition_models), its own 5-point "
                      "alignment inside our detector's box; trained on about 3 million faces")
+        notes.append(f"{DLIB_UNALIGNED}: the same network given the crops the project's embedders see (our box, "
+                     "20% margin, square), resized to its 150x150 chip without its landmark alignment: what "
+                     "alignment is worth to dlib")
     elif include_dlib:
         notes.append(f"dlib not installed: no reference row ({INSTALL_HINT})")
     if not embedders:

@@ -48,5 +48,10 @@ class DlibEmbedder:
         vector = np.asarray(self._network.compute_face_descriptor(image, shape), np.float32)
         return vector / max(float(np.linalg.norm(vector)), 1e-12)
 
+    def embed_chip(self, chip: np.ndarray) -> np.ndarray:
+        """Unit 128-D vector of a 150x150 RGB face chip taken as it is: no landmark alignment."""
+        vector = np.asarray(self._network.compute_face_descriptor(np.ascontiguousarray(chip, np.uint8)), np.float32)
+        return vector / max(float(np.linalg.norm(vector)), 1e-12)
+
 
 __all__ = ["DLIB_DIM", "DlibEmbedder", "INSTALL_HINT", "dlib_available"]
