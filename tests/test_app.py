@@ -211,10 +211,10 @@ def test_one_detection_feeds_both_models_as_predict_image_would(service):
 
     photo = STUDENTS_SAMPLE / "Aiyana Begay" / "photo 1.JPG"
     pixels = read_image(photo)
-    boxes = [(face.box, face.confidence) for face in service.detector.detect(pixels)]
+    faces = service.detector.detect(pixels)
     for predictor in (service.gender, service.identity):
         alone = predictor.predict_image(photo).faces
-        shared = predictor.predict_boxes(pixels, boxes)
+        shared = predictor.predict_faces(pixels, faces)
         assert [f.box for f in shared] == [f.box for f in alone] and [f.label for f in shared] == [f.label for f in alone]
         np.testing.assert_allclose([f.embedding for f in shared], [f.embedding for f in alone], atol=1e-5)
 

@@ -76,8 +76,8 @@ def test_embedder_predictor_gives_unit_embeddings_and_no_classes(faces_service):
     from tf_models.images import read_image
 
     pixels = read_image(sorted((STUDENTS_SAMPLE / ENROLLED[0]).iterdir())[0])
-    boxes = [(face.box, face.confidence) for face in faces_service.detector.detect(pixels)]
-    (face,) = faces_service.identity.predict_boxes(pixels, boxes[:1])
+    detected = faces_service.detector.detect(pixels)
+    (face,) = faces_service.identity.predict_faces(pixels, detected[:1])
     assert faces_service.identity.embeds_only and face.label == "" and face.top_k == [("", 0.0)]
     np.testing.assert_allclose(np.linalg.norm(face.embedding), 1.0, atol=1e-4)
 

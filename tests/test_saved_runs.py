@@ -33,6 +33,8 @@ def test_old_run_folder_loads_with_the_public_names(tmp_path):
     run = shutil.copytree(FIXTURE, tmp_path / "run")
     files = tf_models.read_run(run)
     assert files.config.task == "identity" and files.crop is not None and files.crop.size == (32, 32)
+    # Written before alignment existed: it cut box squares, and its config and crop.json agree on that.
+    assert files.crop.align is False and files.config.crop_settings() == files.crop
     assert files.class_names == json.loads((FIXTURE / "class_names.json").read_text())
     model = tf_models.load_run_model(run)
     assert model.get_layer("preprocess").__class__ is tf_models.ImagePreprocessing

@@ -45,6 +45,7 @@ class TrainConfig:
     crop_size: int = CropSettings.size[0]  # identity: side of the saved face crop
     multiple_faces: str = CropSettings.multiple_faces  # identity: skip | largest
     keep_whole_if_no_face: bool = CropSettings.keep_whole_if_no_face  # identity: keep already-cropped photos where no face is found
+    crop_align: bool = CropSettings.align  # identity: turn faces upright on their five keypoints before cropping
     # --- model ---
     backbone: str = "mobilenetv2"  # a registry name (--list-backbones)
     mode: str = "transfer"  # transfer | finetune | scratch
@@ -82,7 +83,15 @@ class TrainConfig:
     def crop_settings(self) -> CropSettings:
         """How an identity run finds and cuts out faces (``crop.json`` in its run folder)."""
         return CropSettings(margin=self.crop_margin, size=(self.crop_size, self.crop_size),
-                            multiple_faces=self.multiple_faces, keep_whole_if_no_face=self.keep_whole_if_no_face)
+                            multiple_faces=self.multiple_faces, keep_whole_if_no_face=self.keep_whole_if_no_face,
+                            align=self.crop_align)
+
+    def cut_like(self, crop: CropSettings) -> "TrainConfig":
+        """This config with faces cut as ``crop`` cuts them (margin, size, alignment); which photos are kept is unchanged.
+
+        For a model that was trained on other crops than this run's (the shipped face embedder on a run's photos).
+        """
+        return dataclasses.replace(self, crop_margin=crop.margin, crop_size=crop.size[0], crop_align=crop.align)
 
     def validate(self) -> "TrainConfig":
         """Raises ValueError for values no run can use, echoing the value."""

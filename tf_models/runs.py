@@ -18,6 +18,7 @@ A run folder holds everything needed to use, judge and repeat a run::
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -121,6 +122,7 @@ def read_crop_settings(path: Path) -> CropSettings:
     """``crop.json`` (``dataclasses.asdict`` of CropSettings) back to CropSettings."""
     values = json.loads(Path(path).read_text(encoding="utf-8"))
     values["size"] = tuple(int(v) for v in values["size"])
+    values.setdefault("align", False)  # written before alignment existed: those runs cropped box squares
     return CropSettings(**values)
 
 
@@ -156,6 +158,9 @@ def read_run(run_dir: str | Path) -> RunFiles:
     config = TrainConfig.load(run_dir / CONFIG_FILE)
     crop_path = run_dir / CROP_FILE
     crop = read_crop_settings(crop_path) if crop_path.is_file() else None
+    if crop is not None and "crop_align" not in (run_dir / CONFIG_FILE).read_text(encoding="utf-8"):
+        # Saved before alignment existed: the run cut box squares, as its crop.json says (not today's default).
+        config = dataclasses.replace(config, crop_align=crop.align)
     return RunFiles(run_dir, config, read_class_names(run_dir / CLASS_NAMES_FILE), crop)
 
 

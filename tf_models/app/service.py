@@ -2,7 +2,7 @@
 
 :class:`FaceService` holds what the Gradio app (``app_gradio.py``) serves:
 
-- a gender :class:`~tf_models.serve.predictor.Predictor` and an identity one, fed the SAME face boxes
+- a gender :class:`~tf_models.serve.predictor.Predictor` and an identity one, fed the SAME detected faces
   (the photo is decoded and searched for faces once, then each model gets one batched call);
 - an open-set :class:`~tf_models.identity.gallery.IdentityGallery`: a face is named by nearest centroid of
   the identity model's embeddings when the cosine similarity reaches the calibrated threshold,
@@ -46,6 +46,7 @@ from tf_models.app.rendering import (  # noqa: F401  TABLE_COLUMNS, UNCERTAIN: r
 from tf_models.runs import MODEL_FILE, RELEASES_DIR, file_sha1, load_run_model, read_run, release_run
 from tf_models.identity.embedding import build_gallery_from_table
 from tf_models.identity.gallery import GALLERY_JSON, IdentityGallery
+from tf_models.faces.detector import DetectedFace
 from tf_models.images import ImageReadError
 from tf_models.serve.predictor import FacePrediction, Predictor
 
@@ -181,6 +182,8 @@ def load_or_build_gallery(identity_run: str | Path, state_dir: str | Path, targe
         info["note"] = f"training data {run.config.data_dir} not found: empty gallery, enrol people in Admin"
     else:
         config = dataclasses.replace(run.config, data_dir=str(data_dir))
+        if embedder is not None and embedder.crop is not None:
+            config = config.cut_like(embedder.crop)  # e.g. the shipped face embedder: its own crops, the run's photos
         model = embedder.runtime if embedder is not None else load_run_model(identity_run)
         gallery, calibration = build_gallery_from_table(
             model, load_table(config), target_far=target_far, batch_size=config.batch_size,
@@ -309,10 +312,10 @@ class FaceService:
 
     # -- recognition ------------------------------------------------------------------------------
 
-    def _faces(self, pixels: np.ndarray) -> tuple[list[tuple[tuple[int, int, int, int], float]], int]:
-        """(the largest ``max_faces`` detections as (box, confidence), how many were found)."""
+    def _faces(self, pixels: np.ndarray) -> tuple[list[DetectedFace], int]:
+        """(the largest ``max_faces`` detections, how many were found)."""
         found = self.detector.detect(pixels)
-        return [(face.box, face.confidence) for face in found[: self.max_faces]], len(found)
+        return found[: self.max_faces], len(found)
 
     def analyze(self, image: str | Path | np.ndarray | Image.Image | None, min_confidence: float = 0.0,
                 course: str = "", date: str | dt.date = "", mark_attendance: bool = False) -> Analysis:
@@ -326,22 +329,22 @@ class FaceService:
             return Analysis(None, message="Upload a photo or take one with the webcam.", error=True)
         try:
             pixels = Predictor.load_pixels(image)  # the predictor's own decoding: read_image for files
-            boxes, found = self._faces(pixels)
+            detected, found = self._faces(pixels)
         except ImageReadError as err:
             return Analysis(None, message=f"This file cannot be used as a photo: {err.reason}.", error=True)
         except ValueError as err:  # an array of the wrong shape or dtype
             return Analysis(None, message=f"This image cannot be used: {err}", error=True)
-        if not boxes:
+        if not detected:
             return Analysis(draw_faces(pixels, []), message="No face found in this photo. Use a photo where the face "
                             "is visible, lit and not too small (at least about 2% of the photo's longer side).",
                             error=True)
-        genders = self.gender.predict_boxes(pixels, boxes)
-        identities = self.identity.predict_boxes(pixels, boxes)
+        genders = self.gender.predict_faces(pixels, detected)
+        identities = self.identity.predict_faces(pixels, detected)
         matches = self.gallery.match(np.stack([face.embedding for face in identities]))
         faces = [self._result(k + 1, g, m, min_confidence) for k, (g, m) in enumerate(zip(genders, matches))]
         notes = [f"{found} face{'s' if found != 1 else ''} found."]
-        if found > len(boxes):
-            notes.append(f"Only the {len(boxes)} largest are labelled (the app's limit, --max-faces).")
+        if found > len(detected):
+            notes.append(f"Only the {len(detected)} largest are labelled (the app's limit, --max-faces).")
         if mark_attendance:
             faces, note = self._mark(faces, course, date, min_confidence)
             notes.append(note)
@@ -416,14 +419,14 @@ class FaceService:
             label = Path(path).name
             try:
                 pixels = Predictor.load_pixels(path)
-                boxes, _ = self._faces(pixels)
+                detected, _ = self._faces(pixels)
             except ImageReadError as err:
                 skipped.append(f"{label}: {err.reason}")
                 continue
-            if not boxes:
+            if not detected:
                 skipped.append(f"{label}: no face found")
                 continue
-            embeddings.append(self.identity.predict_boxes(pixels, boxes[:1])[0].embedding)
+            embeddings.append(self.identity.predict_faces(pixels, detected[:1])[0].embedding)
         if not embeddings:
             reasons = "; ".join(skipped) or "no photo uploaded"
             raise ValueError(f"Nobody enrolled: no usable face in the photos ({reasons}).")

@@ -42,16 +42,17 @@ def _crop_one(path: str, sha1: str, crop: CropSettings, cache: Path) -> tuple[st
             return str(png_path), meta["outcome"]
         if not meta["kept"]:
             return None, meta["outcome"]
-    from tf_models.faces.detector import crop_face, get_face_detector
+    from tf_models.faces.crop import cut_face
+    from tf_models.faces.detector import get_face_detector
 
     image = read_image(path)
     detector = get_face_detector(crop.detect_max_side, crop.min_face_size, crop.min_confidence)
     faces = detector.detect(image)
-    box = None
+    box = keypoints = None
     if len(faces) == 1:
-        box, outcome = faces[0].box, "one face"
+        box, keypoints, outcome = faces[0].box, faces[0].landmarks, "one face"
     elif len(faces) > 1 and crop.multiple_faces == "largest":
-        box, outcome = faces[0].box, f"{len(faces)} faces, kept the largest"
+        box, keypoints, outcome = faces[0].box, faces[0].landmarks, f"{len(faces)} faces, kept the largest"
     elif len(faces) > 1:
         outcome = f"{len(faces)} faces found (use multiple_faces='largest' to keep the largest)"
     elif crop.keep_whole_if_no_face:
@@ -63,7 +64,7 @@ def _crop_one(path: str, sha1: str, crop: CropSettings, cache: Path) -> tuple[st
     if kept:  # the crop first, then the outcome that points at it; each whole or not at all
         margin = 0.0 if outcome.endswith("kept whole") else crop.margin
         png = io.BytesIO()
-        Image.fromarray(crop_face(image, box, margin=margin, size=crop.size)).save(png, format="PNG")
+        Image.fromarray(cut_face(image, box, keypoints, crop, margin=margin)).save(png, format="PNG")
         atomic_write(png_path, png.getvalue())
     atomic_write(meta_path, json.dumps({"kept": kept, "outcome": outcome, "box": list(box) if kept else None,
                                         "source": path}))

@@ -87,11 +87,16 @@ class DetectedFace:
 
     box: tuple[int, int, int, int]  # x, y, width, height; inside the image, width and height > 0
     confidence: float
-    keypoints: dict[str, tuple[int, int]]  # KEYPOINT_NAMES -> (x, y), clamped to the image
+    keypoints: dict[str, tuple[float, float]]  # KEYPOINT_NAMES -> (x, y), clamped to the image
 
     @property
     def area(self) -> int:
         return self.box[2] * self.box[3]
+
+    @property
+    def landmarks(self) -> np.ndarray:
+        """The keypoints as a 5 x 2 float array (x, y) in :data:`KEYPOINT_NAMES` order (what alignment takes)."""
+        return np.array([self.keypoints[name] for name in KEYPOINT_NAMES], np.float64)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -307,10 +312,10 @@ class FaceDetector:
             x2, y2 = min(width, round((bx + bw) * sx)), min(height, round((by + bh) * sy))
             if x2 <= x1 or y2 <= y1:
                 continue  # degenerate after clamping: nothing of it is in the image
-            keypoints = {
+            keypoints = {  # not rounded again: alignment turns the face on them (mtcnn rounds in `small`)
                 name: (
-                    min(width - 1, max(0, round(float(found["keypoints"][name][0]) * sx))),
-                    min(height - 1, max(0, round(float(found["keypoints"][name][1]) * sy))),
+                    min(width - 1.0, max(0.0, float(found["keypoints"][name][0]) * sx)),
+                    min(height - 1.0, max(0.0, float(found["keypoints"][name][1]) * sy)),
                 )
                 for name in KEYPOINT_NAMES
             }

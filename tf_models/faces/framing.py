@@ -1,6 +1,7 @@
-"""Face boxes -> model inputs, framed exactly as the model saw faces in training.
+"""Detected faces -> model inputs, framed exactly as the model saw faces in training.
 
-Identity runs crop a square around the face (``crop.json``: margin, size); gender runs were trained
+Identity runs cut each face as ``crop.json`` says (turned upright on its five keypoints, or the box
+square; margin, size) with :func:`~tf_models.faces.crop.cut_face`, as training did; gender runs were trained
 on whole CelebA aligned images, so a face found in any photo is cut out with CelebA's framing.
 Both then go through the training pipeline's own resize. :class:`FaceFramer` does both for the
 :class:`~tf_models.serve.predictor.Predictor`, the int8 calibration and the runtime choice.
@@ -12,8 +13,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from tf_models.faces.crop import CropSettings, crop_face
-from tf_models.faces.detector import get_face_detector
+from tf_models.faces.crop import CropSettings, crop_face, cut_face
+from tf_models.faces.detector import DetectedFace, get_face_detector
 
 # CelebA's aligned images (178x218) frame a face with context; gender models were trained on them,
 # so a face found in any photo is cut out with the same framing. Measured by running
@@ -63,8 +64,8 @@ def celeba_frame(image: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarra
 class FaceFramer:
     """Finds the faces in a photo and turns them into model inputs the way training saw faces.
 
-    ``crop`` given (identity runs, from ``crop.json``): the training crop (square, margin, resized
-    to ``crop.size``), then the pipeline's resize to ``input_size``. ``crop`` None (gender runs,
+    ``crop`` given (identity runs, from ``crop.json``): the training crop (aligned on the keypoints
+    or the box square, margin, resized to ``crop.size``), then the pipeline's resize to ``input_size``. ``crop`` None (gender runs,
     trained on whole CelebA aligned images): a 178x218 CelebA framing around the face
     (:func:`celeba_frame`), then the same resize. ``whole_image_if_no_face``: a photo with no face
     found is classified whole (for photos that are already face crops).
@@ -78,11 +79,11 @@ class FaceFramer:
         settings = crop or CropSettings()
         self.detector = get_face_detector(settings.detect_max_side, settings.min_face_size, settings.min_confidence)
 
-    def frame(self, image: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
-        """One face box -> uint8 crop (identity: ``crop.size``; gender: 178x218)."""
+    def frame(self, image: np.ndarray, face: DetectedFace) -> np.ndarray:
+        """One detected face -> uint8 crop (identity: ``crop.size``; gender: 178x218)."""
         if self.crop is not None:
-            return crop_face(image, box, margin=self.crop.margin, size=self.crop.size)
-        return celeba_frame(image, box)
+            return cut_face(image, face.box, face.landmarks, self.crop)
+        return celeba_frame(image, face.box)
 
     def whole(self, image: np.ndarray) -> np.ndarray:
         """The whole image as training used a photo kept whole: float32 1 x H x W x 3."""
@@ -102,11 +103,11 @@ class FaceFramer:
             if not self.whole_image_if_no_face:
                 return np.zeros((0, *self.input_size, 3), np.float32), []
             return self.whole(image), [((0, 0, image.shape[1], image.shape[0]), None)]
-        return self.inputs_at(image, [face.box for face in faces]), [(face.box, face.confidence) for face in faces]
+        return self.inputs_for(image, faces), [(face.box, face.confidence) for face in faces]
 
-    def inputs_at(self, image: np.ndarray, boxes: Sequence[tuple[int, int, int, int]]) -> np.ndarray:
-        """Model inputs (float32 N x H x W x 3) for faces at known boxes, framed as in training."""
-        return resize_to_input(np.stack([self.frame(image, box) for box in boxes]), self.input_size)
+    def inputs_for(self, image: np.ndarray, faces: Sequence[DetectedFace]) -> np.ndarray:
+        """Model inputs (float32 N x H x W x 3) for already detected faces, framed as in training."""
+        return resize_to_input(np.stack([self.frame(image, face) for face in faces]), self.input_size)
 
 
 

@@ -243,13 +243,14 @@ def _evaluate_face_embedder(backbone: str, data_dir: str | Path, target_far: flo
                             batch_size: int) -> OpenSetResult:
     """Open-set evaluation with the shipped ``faces`` embedder: no training on these people at all."""
     from tf_models.config import TrainConfig, load_table
+    from tf_models.models.backbones import get_backbone
     from tf_models.models.face_embedder import build_face_embedder
 
     model = build_face_embedder(backbone)
     # Folder-per-person photos cut out as identity training cuts them; photos that are already face
     # crops (no face found) are kept whole.
     config = TrainConfig(task="identity", data_dir=str(data_dir), backbone=backbone, weights="faces",
-                         keep_whole_if_no_face=True)
+                         keep_whole_if_no_face=True, crop_align=get_backbone(backbone).faces.aligned)
     return _evaluate_model(model, config, load_table(config), f"faces:{backbone}", [], target_far, out, batch_size)
 
 

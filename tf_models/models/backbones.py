@@ -50,6 +50,9 @@ class FaceWeights:
     sha256: str  # checked before every load
     input_size: tuple[int, int]  # (height, width) it was trained at
     embedding_dim: int  # size of the embedding its projection makes
+    # faces were turned upright on their five keypoints before cropping (CropSettings.align); the
+    # other crop settings are CropSettings' defaults (20% margin, 160x160), as face pretraining cut them
+    aligned: bool = True
     # cosine similarity to a person's 5-photo centroid at which 5% of their faces are rejected, measured
     # on people never trained on (scripts/bench_faces.py): the app's gallery threshold for these weights
     gallery_threshold: float = 0.5
@@ -151,7 +154,7 @@ BACKBONES: dict[str, BackboneSpec] = {
                      _keras_notop("mobilenet_v2/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_{rows}_no_top.h5",
                                   None),
                      faces=FaceWeights("mobilenetv2_faces.npz", "0d8c6e7744378d08cc71ecc999d7c98ce88a56c9349cab6edc4e550098e73ee0", (112, 112), 128,
-                                       gallery_threshold=0.4802)),
+                                       aligned=False, gallery_threshold=0.4802)),
         BackboneSpec("efficientnetv2b0", "keras.applications.efficientnet_v2", _efficientnetv2_b0,
                      _torch_preprocess_input, "torch", (224, 224), (32, 32), 1280,
                      "block6a_expand_conv",

@@ -30,6 +30,7 @@ from tf_models.runs import (
     read_run,
 )
 from tf_models.faces.crop import CropSettings
+from tf_models.faces.detector import DetectedFace
 from tf_models.faces.framing import FaceFramer
 from tf_models.images import ImageReadError, read_image, to_rgb
 from tf_models.serve.export import load_export_runtime, read_export_info
@@ -129,8 +130,8 @@ class Predictor:
     def from_face_weights(cls, backbone: str = "mobilenetv2", *, batch_size: int | None = None) -> Predictor:
         """Serves the shipped face embedder (``weights="faces"``): embeddings only, no classes.
 
-        Faces are cut out as face pretraining cut them (the default :class:`CropSettings`), so a
-        gallery of these embeddings needs no training run at all.
+        Faces are cut out as face pretraining cut them (the default :class:`CropSettings`, aligned
+        or not as the weights' registry row says), so a gallery of these embeddings needs no training run at all.
         """
         from tf_models.models.backbones import get_backbone
         from tf_models.models.face_embedder import build_face_embedder
@@ -138,7 +139,7 @@ class Predictor:
 
         spec = get_backbone(backbone)
         runtime = CompiledEmbedderRuntime(build_face_embedder(spec.name))
-        return cls(runtime, [], spec.faces.input_size, CropSettings(), batch_size=batch_size)
+        return cls(runtime, [], spec.faces.input_size, CropSettings(align=spec.faces.aligned), batch_size=batch_size)
 
     @property
     def embeds_only(self) -> bool:
@@ -191,17 +192,16 @@ class Predictor:
         return ImagePrediction(source, [self._face(box, det, p, e)
                                         for (box, det), p, e in zip(boxes, probabilities, embeddings)])
 
-    def predict_boxes(self, pixels: np.ndarray,
-                      boxes: Sequence[tuple[tuple[int, int, int, int], float | None]]) -> list[FacePrediction]:
-        """The faces at given boxes of an RGB uint8 photo, in one batched call; no detection here.
+    def predict_faces(self, pixels: np.ndarray, faces: Sequence[DetectedFace]) -> list[FacePrediction]:
+        """Already detected faces of an RGB uint8 photo, in one batched call; no detection here.
 
         For two models on one photo (the app: gender and identity): detect once (e.g. with
-        ``self.framer.detector``), then give each predictor the same ``[(box, detection confidence)]``.
+        ``self.framer.detector``), then give each predictor the same detections.
         """
-        if not boxes:
+        if not faces:
             return []
-        probabilities, embeddings = self.predict_crops(self.framer.inputs_at(pixels, [box for box, _ in boxes]))
-        return [self._face(box, det, p, e) for (box, det), p, e in zip(boxes, probabilities, embeddings)]
+        probabilities, embeddings = self.predict_crops(self.framer.inputs_for(pixels, faces))
+        return [self._face(face.box, face.confidence, p, e) for face, p, e in zip(faces, probabilities, embeddings)]
 
     def predict_paths(self, paths: Iterable[str | Path], progress: bool = True) -> Iterator[ImagePrediction]:
         """:meth:`predict_image` over files, in order, with a progress bar. One file's failure is its row."""

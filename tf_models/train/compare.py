@@ -74,9 +74,10 @@ def _run_config(base: TrainConfig, run_dir: Path, **changes) -> TrainConfig:
     if config.mode == "scratch":
         config = dataclasses.replace(config, weights="none")
     elif config.weights == "faces":
-        # The face weights were trained at one size; a suite-wide --input-size (the scratch rows')
-        # would throw that away, so face-pretrained rows always run at their weights' size.
-        config = dataclasses.replace(config, input_size=get_backbone(config.backbone).faces.input_size)
+        # The face weights were trained at one size on faces cut one way; a suite-wide --input-size
+        # (the scratch rows') would throw that away, so face-pretrained rows run as their weights saw faces.
+        faces = get_backbone(config.backbone).faces
+        config = dataclasses.replace(config, input_size=faces.input_size, crop_align=faces.aligned)
     return config
 
 

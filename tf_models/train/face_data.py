@@ -16,7 +16,7 @@ import io
 import json
 import multiprocessing
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +28,7 @@ from tf_models.files import atomic_write
 from tf_models.faces.dlib_reference import DLIB_DIM
 
 CHUNK_ROWS = 512
-PREPARE_VERSION = 1  # bump when what a chunk holds changes
+PREPARE_VERSION = 2  # bump when what a chunk holds changes (2: keypoints, aligned crops)
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,7 @@ class FramedFaces:
 
     rows: pd.DataFrame  # source, person, set, split, found ("face" | "whole"), box_x/y/w/h
     crops: np.ndarray  # uint8 N x H x W x 3, the serving crop of each photo's face
+    keypoints: np.ndarray  # float32 N x 5 x 2 MTCNN keypoints in the photo (NaN where kept whole)
     teacher: np.ndarray | None  # float32 N x 128 unit dlib embeddings, None without the teacher
     skipped: list[tuple[str, str]]  # (photo, reason) left out
 
@@ -59,7 +60,7 @@ def _prepare_chunk(args: tuple[list[str], CropSettings, bool, str]) -> str:
     """Frames (and embeds with the teacher) one chunk of photos; writes ``path`` and returns it."""
     sources, crop, with_teacher, path = args
     os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
-    from tf_models.faces.crop import crop_face
+    from tf_models.faces.crop import cut_face
     from tf_models.faces.detector import get_face_detector
     from tf_models.images import ImageReadError, read_image
 
@@ -72,6 +73,7 @@ def _prepare_chunk(args: tuple[list[str], CropSettings, bool, str]) -> str:
     n = len(sources)
     crops = np.zeros((n, *crop.size, 3), np.uint8)
     boxes = np.zeros((n, 4), np.float32)
+    keypoints = np.full((n, 5, 2), np.nan, np.float32)
     found = np.zeros(n, np.int8)  # 1 face found, 0 kept whole, -1 unreadable
     targets = np.full((n, DLIB_DIM), np.nan, np.float32)
     reasons = [""] * n
@@ -83,15 +85,16 @@ def _prepare_chunk(args: tuple[list[str], CropSettings, bool, str]) -> str:
             continue
         face = _pick_face(detector.detect(image), image.shape)
         if face is not None:
-            box, margin, found[k] = face.box, crop.margin, 1
+            box, points, margin, found[k] = face.box, face.landmarks, crop.margin, 1
+            keypoints[k] = points
         else:  # already a tight face crop (aligned sets): kept whole, as keep_whole_if_no_face does
-            box, margin = (0, 0, image.shape[1], image.shape[0]), 0.0
+            box, points, margin = (0, 0, image.shape[1], image.shape[0]), None, 0.0
         boxes[k] = box
-        crops[k] = crop_face(image, box, margin=margin, size=crop.size)
+        crops[k] = cut_face(image, box, points, crop, margin=margin)
         if teacher is not None:
             targets[k] = teacher.embed(image, box)
     buffer = io.BytesIO()
-    np.savez(buffer, crops=crops, boxes=boxes, found=found, teacher=targets, reasons=np.asarray(reasons))
+    np.savez(buffer, crops=crops, boxes=boxes, keypoints=keypoints, found=found, teacher=targets, reasons=np.asarray(reasons))
     atomic_write(path, buffer.getvalue())  # an interrupted preparation resumes at the first missing chunk
     return path
 
@@ -99,7 +102,8 @@ def _prepare_chunk(args: tuple[list[str], CropSettings, bool, str]) -> str:
 def prepare_faces(rows: pd.DataFrame, cache_dir: str | Path, crop: CropSettings = CropSettings(), *,
                   with_teacher: bool = True, workers: int = 2, progress: bool = True) -> FramedFaces:
     """Frames every photo of ``rows`` (columns ``source``, ...) once; resumable; see the module docstring."""
-    key_text = json.dumps({"sources": rows["source"].tolist(), "crop": asdict(crop), "teacher": with_teacher,
+    # crop.key(): the settings and CROP_CODE_VERSION, so a change to how faces are cut re-frames them.
+    key_text = json.dumps({"sources": rows["source"].tolist(), "crop": crop.key(), "teacher": with_teacher,
                            "version": PREPARE_VERSION}, sort_keys=True)
     folder = Path(cache_dir) / hashlib.sha1(key_text.encode()).hexdigest()[:12]
     folder.mkdir(parents=True, exist_ok=True)
@@ -128,9 +132,10 @@ def prepare_faces(rows: pd.DataFrame, cache_dir: str | Path, crop: CropSettings 
     kept = kept.assign(found=np.where(found[keep] == 1, "face", "whole"),
                        box_x=boxes[:, 0], box_y=boxes[:, 1], box_w=boxes[:, 2], box_h=boxes[:, 3])
     crops = np.concatenate([p["crops"] for p in parts])[keep]
+    keypoints = np.concatenate([p["keypoints"] for p in parts])[keep]
     teacher = np.concatenate([p["teacher"] for p in parts])[keep] if with_teacher else None
     skipped = [(s, str(r)) for s, r, k in zip(sources, reasons, keep) if not k]
-    return FramedFaces(kept, crops, teacher, skipped)
+    return FramedFaces(kept, crops, keypoints, teacher, skipped)
 
 
 __all__ = ["FramedFaces", "prepare_faces"]

@@ -59,6 +59,7 @@ class PretrainConfig:
     include_celeba: bool = True  # CelebA's 4,657 anonymous identities as training people
     run_dir: str = "runs/faces/mobilenetv2_distill"
     cache_dir: str = ".cache/face_pretraining"  # framed faces + teacher embeddings
+    crop_align: bool = CropSettings.align  # faces turned upright on their 5 keypoints (FaceWeights.aligned when shipped)
     backbone: str = "mobilenetv2"
     input_size: tuple[int, int] = (112, 112)  # the usual face-recognition size; ~3 ms a face on 2 cores
     embedding_dim: int = 128  # = dlib's, so distillation compares like with like
@@ -286,7 +287,8 @@ def load_pretraining_faces(config: PretrainConfig) -> tuple[pd.DataFrame, Framed
     """The shared face photos with their split, framed (and embedded by the teacher when the loss needs it)."""
     rows = load_face_identities(config.data_root, include_celeba=config.include_celeba)
     rows["split"] = identity_disjoint_split(rows)
-    faces = prepare_faces(rows, config.cache_dir, CropSettings(), with_teacher=True, workers=config.workers)
+    faces = prepare_faces(rows, config.cache_dir, CropSettings(align=config.crop_align), with_teacher=True,
+                          workers=config.workers)
     return rows, faces
 
 
