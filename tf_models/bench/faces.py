@@ -192,9 +192,9 @@ def bench_faces(data_root: str | Path, out: str | Path, *, runs: dict[str, str |
         embedders[DLIB_ON_OUR_CROPS] = dlib_on_crops
         notes.append("dlib: dlib_face_recognition_resnet_model_v1 (face_recognition_models), its own 5-point "
                      "alignment inside our detector's box; trained on about 3 million faces")
-        notes.append(f"{DLIB_ON_OUR_CROPS}: the same network given the crops the project's embedders see (turned "
-                     "upright on MTCNN's five keypoints, 20% margin), resized to its 150x150 chip instead of its own "
-                     "alignment: how much of dlib's lead is its alignment (faces.crop.align_face)")
+        notes.append(f"{DLIB_ON_OUR_CROPS}: the same network given the crops the project's embedders see (as "
+                     "the project cuts faces: CropSettings), resized to its 150x150 chip instead of its own chip: "
+                     "what its input framing is worth to dlib")
     elif include_dlib:
         notes.append(f"dlib not installed: no reference row ({INSTALL_HINT})")
     if not embedders:
