@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
 from tf_models.config import TrainConfig
 from tf_models.data.filescan import default_cache_dir
@@ -158,7 +159,7 @@ def read_run(run_dir: str | Path) -> RunFiles:
     config = TrainConfig.load(run_dir / CONFIG_FILE)
     crop_path = run_dir / CROP_FILE
     crop = read_crop_settings(crop_path) if crop_path.is_file() else None
-    if crop is not None and "crop_align" not in (run_dir / CONFIG_FILE).read_text(encoding="utf-8"):
+    if crop is not None and "crop_align" not in (yaml.safe_load((run_dir / CONFIG_FILE).read_text(encoding="utf-8")) or {}):
         # Saved before alignment existed: the run cut box squares, as its crop.json says (not today's default).
         config = dataclasses.replace(config, crop_align=crop.align)
     return RunFiles(run_dir, config, read_class_names(run_dir / CLASS_NAMES_FILE), crop)

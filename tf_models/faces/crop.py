@@ -46,7 +46,7 @@ class CropSettings:
     min_face_size: int = DEFAULT_MIN_FACE_SIZE  # smallest face, in original pixels
     min_confidence: float = DEFAULT_MIN_CONFIDENCE  # MTCNN confidence below this is not a face
     # Turn the face upright on its five keypoints (align_face) instead of cutting the box square
-    # (crop_face). Face embedders compare faces far better aligned (MODEL_CARD.md). Run folders
+    # (crop_face). The shipped face weights verify better on aligned faces (MODEL_CARD.md). Run folders
     # written before this option read back as False, as they were cropped.
     align: bool = True
 
@@ -112,6 +112,15 @@ def box_iou(a: tuple[float, float, float, float], b: tuple[float, float, float, 
 # ---------------------------------------------------------------------------------------------
 
 
+def _output_size(margin: float, size: tuple[int, int]) -> tuple[int, int]:
+    """(height, width) of a crop after checking ``margin`` and ``size``; ValueError echoing a bad one."""
+    if not (math.isfinite(margin) and margin >= 0):
+        raise ValueError(f"margin must be a finite number >= 0. Received: {margin!r}")
+    if len(size) != 2 or any(int(s) != s or s < 1 for s in size):
+        raise ValueError(f"size must be (height, width) with positive integers. Received: {size!r}")
+    return int(size[0]), int(size[1])
+
+
 def crop_face(
     image: np.ndarray,
     box: tuple[int, int, int, int],
@@ -132,11 +141,7 @@ def crop_face(
     x, y, w, h = (float(v) for v in box)
     if not (w > 0 and h > 0) or not all(math.isfinite(v) for v in (x, y, w, h)):
         raise ValueError(f"box must have a finite position and width, height > 0. Received: {box!r}")
-    if not (math.isfinite(margin) and margin >= 0):
-        raise ValueError(f"margin must be a finite number >= 0. Received: {margin!r}")
-    if len(size) != 2 or any(int(s) != s or s < 1 for s in size):
-        raise ValueError(f"size must be (height, width) with positive integers. Received: {size!r}")
-    out_h, out_w = int(size[0]), int(size[1])
+    out_h, out_w = _output_size(margin, size)
 
     img_h, img_w = image.shape[:2]
     side = max(1, round(max(w, h) * (1.0 + 2.0 * margin)))
@@ -203,13 +208,10 @@ def align_face(
         points = np.full((0,), np.nan)
     if points.shape != FACE_TEMPLATE.shape or not np.isfinite(points).all():
         raise ValueError(f"keypoints must be 5 x 2 finite (x, y) points. Received: keypoints={keypoints!r}")
-    if not (math.isfinite(margin) and margin >= 0):
-        raise ValueError(f"margin must be a finite number >= 0. Received: {margin!r}")
-    if len(size) != 2 or any(int(s) != s or s < 1 for s in size):
-        raise ValueError(f"size must be (height, width) with positive integers. Received: {size!r}")
-    out_h, out_w = int(size[0]), int(size[1])
+    out_h, out_w = _output_size(margin, size)
     target = (FACE_TEMPLATE + margin) / (1.0 + 2.0 * margin) * np.array([out_w, out_h])
-    scale = math.hypot(*similarity_transform(points, target)[:, 0])  # crop pixels per image pixel
+    to_crop = similarity_transform(points, target)  # image pixels -> crop pixels
+    scale = math.hypot(*to_crop[:, 0])  # crop pixels per image pixel
     # An affine warp samples a few pixels per output pixel: shrinking with it aliases. So a face
     # that shrinks is first box-reduced by a whole factor (as PIL's reducing_gap does), warped
     # upright onto a canvas a whole number of times the crop's size at about 1 canvas pixel per
@@ -217,8 +219,7 @@ def align_face(
     reduce = max(1, int(1.0 / (3.0 * scale)))
     upsample = max(1, math.ceil(1.0 / (scale * reduce)))
     canvas_w, canvas_h = out_w * upsample, out_h * upsample
-    forward = similarity_transform(points, target * upsample)  # image pixels -> canvas pixels
-    inverse = np.linalg.inv(np.vstack([forward, [0, 0, 1]]))
+    inverse = np.linalg.inv(np.vstack([to_crop * upsample, [0, 0, 1]]))  # canvas pixels -> image pixels
     corners = np.array([[0, 0, 1], [canvas_w, 0, 1], [0, canvas_h, 1], [canvas_w, canvas_h, 1]], np.float64)
     reach = (corners @ inverse.T)[:, :2]
     pad = 2 * reduce + 2  # the bicubic kernel's reach, in image pixels
