@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 
@@ -80,6 +81,26 @@ def test_suite_writes_table_best_and_resumes(tmp_path, capsys):
     again = run_suite(base, ["alexnet_bn"], ["scratch"], tmp_path / "results", tmp_path / "runs", "tiny")
     assert "finished earlier" in capsys.readouterr().out
     pd.testing.assert_frame_equal(again, frame)
+
+
+def test_a_finished_run_is_reused_only_when_made_the_same_way(tmp_path):
+    from tf_models.models.backbones import start_weights_id
+    from tf_models.train.compare import reuse_blocker
+
+    run = tmp_path / "run"
+    run.mkdir()
+    config = dataclasses.replace(_base(tmp_path, backbone="mobilenetv2", mode="transfer", weights="faces",
+                                       input_size=(112, 112)), out=str(run))
+    assert "unreadable" in reuse_blocker(config, {})  # no config.yaml: never reused blindly
+    config.save(run / "config.yaml")
+    same_start = {"start_weights": start_weights_id("mobilenetv2", "faces")}
+    assert same_start["start_weights"].startswith("faces:") and len(same_start["start_weights"]) == 6 + 64
+    assert reuse_blocker(config, same_start) is None
+    # New shipped face weights (another hash), or a run folder from before the start was recorded.
+    assert "started from faces:0d8c" in reuse_blocker(config, {"start_weights": "faces:0d8c" + "0" * 60})
+    assert "unrecorded weights" in reuse_blocker(config, {})
+    # Another recipe in the same folder: the changed setting is named.
+    assert "epochs: 1 -> 3" in reuse_blocker(dataclasses.replace(config, epochs=3), same_start)
 
 
 def test_bad_sweep_parameter_lists_the_valid_ones(tmp_path):

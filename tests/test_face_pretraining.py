@@ -17,7 +17,8 @@ from tf_models.models.backbones import FaceWeights, get_backbone
 from tf_models.models.face_embedder import build_face_embedder
 from tf_models.train import face_data
 from tf_models.train.face_data import prepare_faces
-from tf_models.train.face_pretraining import EMBEDDER_FILE, FACE_WEIGHTS_FILE, PretrainConfig, embed_crops, pretrain
+from tf_models.train.face_pretraining import (EMBEDDER_FILE, FACE_WEIGHTS_FILE, PretrainConfig, build_training_model,
+                                             embed_crops, load_embedder_weights, pretrain)
 
 needs_dlib = pytest.mark.skipif(not dlib_available(), reason="dlib-bin + face_recognition_models (requirements-dev.txt)")
 
@@ -92,3 +93,12 @@ def test_pretraining_resumes_and_writes_the_shipped_format(face_rows, tmp_path, 
     trained = keras.saving.load_model(run_dir / EMBEDDER_FILE, compile=False)
     a, b = embed_crops(shipped, faces.crops, (72, 72)), embed_crops(trained, faces.crops, (72, 72))
     assert np.min(np.sum(a * b, axis=1)) > 0.999  # float16 storage changes nothing that matters
+
+    # A second schedule (--init-from) starts from either file of a run: the same embedder before its first step.
+    for source in (run_dir / EMBEDDER_FILE, run_dir / FACE_WEIGHTS_FILE):
+        _, fresh = build_training_model(config, num_classes=6)
+        load_embedder_weights(fresh, source)
+        assert np.min(np.sum(embed_crops(fresh, faces.crops, (72, 72)) * b, axis=1)) > 0.999, source.name
+    _, other = build_training_model(dataclasses.replace(config, backbone="mobilenetv2", input_size=(96, 96)), 6)
+    with pytest.raises(ValueError, match="another architecture|does not fit"):
+        load_embedder_weights(other, run_dir / FACE_WEIGHTS_FILE)

@@ -152,7 +152,8 @@ def load_students(
     files = files[files["path"].notna()].reset_index(drop=True)
     kept_counts = files["face"].value_counts().to_dict()
     report.notes.append("faces: " + ", ".join(f"{k}: {v}" for k, v in kept_counts.items()))
-    report.notes.append(f"crops: margin {crop.margin}, size {crop.size[0]}x{crop.size[1]}, cached in {faces_dir}")
+    framing = "turned upright on 5 keypoints" if crop.align else "box squared"
+    report.notes.append(f"crops: {framing}, margin {crop.margin}, size {crop.size[0]}x{crop.size[1]}, cached in {faces_dir}")
 
     # Class indices stay those of the folders; a person left with no usable photo is an error below.
     needed = sum(1 for f in fractions if f > 0)

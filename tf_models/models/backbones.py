@@ -294,3 +294,17 @@ def assign_face_weights(variables, arrays: dict[str, np.ndarray], prefix: str, b
             raise FaceWeightsError(f"The {backbone} face weights give {variable.path!r} shape {tuple(value.shape)}; "
                                    f"the model has {tuple(variable.shape)}.")
         variable.assign(value.astype(variable.dtype))
+
+
+def start_weights_id(backbone: str, weights: str | None) -> str:
+    """What a model of ``backbone`` built with ``weights`` starts from, in a form that changes when the
+    weights do: ``'none'``, ``'imagenet'``, ``'faces:<sha256>'`` (the shipped file's registry hash), or
+    ``'<file>:<sha256>'``. Run folders record it, so a finished run is not reused after its start changed."""
+    if weights in (None, "none", "imagenet"):
+        return str(weights or "none")
+    if weights == "faces":
+        spec = get_backbone(backbone)
+        return f"faces:{spec.faces.sha256}" if spec.faces is not None else "faces:missing"
+    path = Path(weights)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "missing"
+    return f"{path.name}:{digest}"

@@ -1,8 +1,9 @@
 """The comparison suite: backbones x modes on one dataset, one config, one split; tables and plots.
 Sweeps: one backbone and mode trained at several epochs, dataset sizes or batch sizes.
 
-Finished runs (a ``metrics.json`` in their folder) are reused, so a half-finished suite resumes
-where it stopped. The best run per task is recorded in ``results/best/<task>.json`` for the app.
+Finished runs (a ``metrics.json`` in their folder) are reused when they were made with the same
+config from the same starting weights, so a half-finished suite resumes where it stopped and a
+changed recipe (or new shipped face weights) is trained again. The best run per task is recorded in ``results/best/<task>.json`` for the app.
 """
 
 from __future__ import annotations
@@ -24,9 +25,9 @@ import tensorflow as tf
 
 from tf_models.config import TrainConfig, load_table
 from tf_models.data.tables import ImageTable
-from tf_models.models.backbones import backbones_with_face_weights, get_backbone
+from tf_models.models.backbones import backbones_with_face_weights, get_backbone, start_weights_id
 from tf_models.models.classifier import inference_function
-from tf_models.runs import HISTORY_FILE, load_run_model, read_data_report, read_metrics, write_metrics
+from tf_models.runs import CONFIG_FILE, HISTORY_FILE, load_run_model, read_data_report, read_metrics, write_metrics
 from tf_models.train.training import train
 
 TABLE_COLUMNS = ["backbone", "mode", "weights", "accuracy", "balanced_accuracy", "macro_f1", "params",
@@ -52,7 +53,8 @@ def inference_ms(model: keras.Model, repeats: int = 20) -> float:
 
 
 def train_or_reuse(config: TrainConfig, table: Callable[[], ImageTable], verbose: int | str = 2) -> dict:
-    """The metrics of the run in ``config.out``: read back when it finished earlier, else trained now.
+    """The metrics of the run in ``config.out``: read back when it finished earlier with this config
+    and the same starting weights (:func:`reuse_blocker`), else trained now.
 
     ``table`` is called only when a run must be trained, so a fully finished suite loads no data.
     The inference latency is measured once and stored in the run's ``metrics.json``.
@@ -60,13 +62,36 @@ def train_or_reuse(config: TrainConfig, table: Callable[[], ImageTable], verbose
     run_dir = Path(config.out)
     finished = read_metrics(run_dir)
     if finished is not None:
-        print(f"[compare] {config.backbone} {config.mode}: finished earlier, reusing {run_dir}")
-        return finished
-    print(f"[compare] training {config.backbone} {config.mode} -> {run_dir}")
+        blocker = reuse_blocker(config, finished)
+        if blocker is None:
+            print(f"[compare] {config.backbone} {config.mode}: finished earlier, reusing {run_dir}")
+            return finished
+        print(f"[compare] {config.backbone} {config.mode}: {run_dir} was made differently ({blocker}): training again")
+    else:
+        print(f"[compare] training {config.backbone} {config.mode} -> {run_dir}")
     metrics = train(config, table=table(), verbose=verbose).metrics
     metrics["inference_ms"] = inference_ms(load_run_model(run_dir))
     write_metrics(run_dir, metrics)
     return metrics
+
+
+def reuse_blocker(config: TrainConfig, metrics: dict) -> str | None:
+    """Why the finished run in ``config.out`` (its ``metrics``) is not what ``config`` would make now:
+    settings that differ from its saved config, or other starting weights. None: it can be reused."""
+    run_dir = Path(config.out)
+    try:
+        saved = TrainConfig.load(run_dir / CONFIG_FILE).to_dict()
+    except (OSError, ValueError) as err:
+        return f"its {CONFIG_FILE} is unreadable: {err}"
+    wanted = config.to_dict()
+    changed = sorted(key for key in wanted if saved.get(key) != wanted[key])
+    if changed:
+        return "settings " + ", ".join(f"{k}: {saved.get(k)!r} -> {wanted[k]!r}" for k in changed[:4])
+    weights = config.weights if config.mode != "scratch" else "none"
+    start = start_weights_id(config.backbone, weights)
+    if metrics.get("start_weights") != start:
+        return f"it started from {metrics.get('start_weights', 'unrecorded weights')}, not {start}"
+    return None
 
 
 def _run_config(base: TrainConfig, run_dir: Path, **changes) -> TrainConfig:

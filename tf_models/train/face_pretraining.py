@@ -39,6 +39,7 @@ from tf_models.data.augment import AugmentConfig, build_augmenter
 from tf_models.data.face_sets import identity_disjoint_split, load_face_identities, unit_hash
 from tf_models.faces.crop import CropSettings
 from tf_models.images import resize_images
+from tf_models.models.backbones import assign_face_weights
 from tf_models.models.classifier import BACKBONE_LAYER, inference_function
 from tf_models.models.face_embedder import (PROJECTION_BN_LAYER, PROJECTION_LAYER, MarginLogits, build_face_embedder,
                                             save_face_weights)
@@ -78,7 +79,7 @@ class PretrainConfig:
     val_people_fraction: float = 0.03  # training people held back to watch progress (not the benchmark's)
     workers: int = 2  # processes framing faces
     seed: int = 0
-    init_from: str | None = None  # an earlier run's embedder.keras to continue from (a second, longer schedule)
+    init_from: str | None = None  # an earlier run's embedder.keras or face_weights.npz to continue from (a second schedule)
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
@@ -197,10 +198,20 @@ def build_training_model(config: PretrainConfig, num_classes: int) -> tuple[kera
 
 
 def load_embedder_weights(embedder: keras.Model, path: str | Path) -> None:
-    """Copies an earlier run's embedder (``embedder.keras``) into ``embedder``: backbone and projection.
+    """Copies an earlier run's embedder into ``embedder``: backbone and projection.
 
-    The architectures must match (same backbone, input and embedding size); anything else is an error.
+    ``path``: its ``embedder.keras`` (float32), or a ``face_weights.npz`` (float16, the shipped
+    format: a run folder's, or the package's). The architectures must match (same backbone, input
+    and embedding size); anything else is an error, never a partial load.
     """
+    if Path(path).suffix == ".npz":
+        with np.load(path, allow_pickle=False) as stored:
+            arrays = dict(stored)
+        backbone = embedder.get_layer(BACKBONE_LAYER)
+        assign_face_weights(backbone.weights, arrays, "backbone/", embedder.name)
+        for name in (PROJECTION_LAYER, PROJECTION_BN_LAYER):
+            assign_face_weights(embedder.get_layer(name).weights, arrays, "head/", embedder.name)
+        return
     source = keras.saving.load_model(path, compile=False)
     for name in (BACKBONE_LAYER, PROJECTION_LAYER, PROJECTION_BN_LAYER):
         mine, theirs = embedder.get_layer(name).weights, source.get_layer(name).weights

@@ -65,6 +65,7 @@ from tf_models.train.evaluation import (
     predict_probabilities,
 )
 from tf_models.models.losses import SparseCrossentropy
+from tf_models.models.backbones import start_weights_id
 from tf_models.data.cache import CacheChoice, choose_cache
 from tf_models.data.pipeline import make_dataset
 
@@ -410,7 +411,8 @@ def _train(config: TrainConfig, run_dir: Path, strategy, policy: str, table: Ima
                     "seconds_per_epoch": seconds_per_epoch, "epochs_run": len(history),
                     "dtype_policy": policy, "strategy": type(strategy).__name__,
                     "input_size": list(image_size), "feature_cache": bool(use_feature_cache),
-                    "feature_extraction_seconds": extract_seconds, "image_cache": image_cache.to_dict()})
+                    "feature_extraction_seconds": extract_seconds, "image_cache": image_cache.to_dict(),
+                    "start_weights": start_weights_id(config.backbone, weights)})
     write_metrics(run_dir, metrics)
     shutil.rmtree(run_dir / _BACKUP_DIR, ignore_errors=True)  # the run is complete: nothing left to resume
     _log_worker(worker_role(strategy), event="end", write_dir=str(run_dir.resolve()),
