@@ -3,6 +3,7 @@
 
     python scripts/bench_faces.py                                   # faces (shipped) + dlib
     python scripts/bench_faces.py --run scratch=runs/faces/mobilenetv2_arcface
+    python scripts/bench_faces.py --run "earlier weights=old/mobilenetv2_faces.npz"
 
 Verification (3,000 + 3,000 pairs, 10 folds), TAR at FAR 1% / 0.1%, K-shot identification
 (K = 1, 3, 5) and open-set FAR at FRR 5%, side by side, on the people face pretraining held out.
@@ -21,8 +22,8 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-root", default="../shared/data", help="shared data folder (faces/, celeba/)")
-    parser.add_argument("--run", action="append", default=[], metavar="NAME=RUN_DIR",
-                        help="another face pretraining run to compare (repeatable)")
+    parser.add_argument("--run", action="append", default=[], metavar="NAME=RUN_DIR_OR_NPZ",
+                        help="another face pretraining run folder, or a face_weights.npz, to compare (repeatable)")
     parser.add_argument("--backbone", default="mobilenetv2", help="backbone whose shipped faces weights to test")
     parser.add_argument("--no-dlib", action="store_true", help="leave out dlib's reference row")
     parser.add_argument("--pairs", type=int, default=3000, help="genuine and impostor pairs, each (default 3000)")
@@ -36,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     for item in args.run:
         name, sep, path = item.partition("=")
         if not sep:
-            parser.error(f"--run takes NAME=RUN_DIR. Received: {item!r}")
+            parser.error(f"--run takes NAME=RUN_DIR or NAME=FILE.npz. Received: {item!r}")
         runs[name] = path
 
     from tf_models.bench.faces import bench_faces, orl_transfer_benchmark

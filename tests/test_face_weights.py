@@ -126,3 +126,17 @@ def test_train_transfer_from_faces_on_student_photos(tmp_path):
     arrays = backbones.read_face_weights(get_backbone(FACES_BACKBONE))
     kernel = model.get_layer(BACKBONE_LAYER).weights[0]
     np.testing.assert_allclose(kernel.numpy(), arrays[f"backbone/{kernel.path}"].astype(np.float32))  # frozen
+
+
+def test_the_benchmark_serves_an_npz_as_the_package_serves_its_own(tmp_path):
+    """bench_faces --run NAME=FILE.npz: an earlier release's weights, served exactly as weights="faces" is."""
+    from tf_models.bench.faces import served_embedder
+
+    shipped = backbones.face_weights_path(get_backbone("mobilenetv2"))
+    copy = tmp_path / "earlier_faces.npz"
+    shutil.copy(shipped, copy)
+    pixels = np.random.default_rng(0).uniform(0, 255, (3, 112, 112, 3)).astype("float32")
+    np.testing.assert_allclose(served_embedder(copy)(pixels).numpy(),
+                               build_face_embedder("mobilenetv2")(pixels).numpy(), atol=1e-6)
+    with pytest.raises(FileNotFoundError, match="Received"):
+        served_embedder(tmp_path / "missing.npz")

@@ -158,17 +158,42 @@ def keras_embedder(model, input_size: tuple[int, int]) -> Callable[[np.ndarray],
     return lambda crops: embed_crops(model, crops, input_size)
 
 
+def served_embedder(source: str | Path, backbone: str = "mobilenetv2"):
+    """The embedder of a face pretraining run folder, or of a ``face_weights.npz`` (the shipped format: a
+    run's, or an earlier release of the package's), built as ``weights="faces"`` is served (with the
+    mirror view), so the rows of the benchmark differ by their weights alone. A bare ``.npz`` is taken
+    to be ``backbone``'s at its registry input size."""
+    import yaml
+
+    from tf_models.models.backbones import get_backbone
+    from tf_models.models.face_embedder import DEFAULT_EMBEDDING_DIM, build_face_embedder
+    from tf_models.train.face_pretraining import (FACE_WEIGHTS_FILE, PRETRAIN_CONFIG_FILE, PretrainConfig,
+                                                  load_embedder_weights)
+
+    source = Path(source)
+    spec = get_backbone(backbone)
+    input_size, dim = (spec.faces.input_size, spec.faces.embedding_dim) if spec.faces else (None, DEFAULT_EMBEDDING_DIM)
+    if source.is_dir():
+        config = PretrainConfig(**(yaml.safe_load((source / PRETRAIN_CONFIG_FILE).read_text()) or {}))
+        backbone, input_size, dim, source = config.backbone, config.input_size, config.embedding_dim, \
+            source / FACE_WEIGHTS_FILE
+    if not source.is_file():
+        raise FileNotFoundError(f"No face weights at {source}: give a face pretraining run folder or its "
+                                f"{FACE_WEIGHTS_FILE}. Received: {source}")
+    model = build_face_embedder(backbone, input_size, embedding_dim=dim, weights=None, mirror=True)
+    load_embedder_weights(model, source)
+    return model
+
+
 def bench_faces(data_root: str | Path, out: str | Path, *, runs: dict[str, str | Path] | None = None,
                 backbone: str = "mobilenetv2", include_dlib: bool = True, genuine: int = 3000,
                 impostor: int = 3000, seed: int = 0, cache_dir: str | Path | None = None,
                 command: str = "") -> pd.DataFrame:
     """The benchmark of the shipped ``faces`` weights, other runs and dlib on the held-out people."""
-    import keras
-
     from tf_models.faces.dlib_reference import INSTALL_HINT, dlib_available
     from tf_models.models.backbones import get_backbone
     from tf_models.models.face_embedder import build_face_embedder
-    from tf_models.train.face_pretraining import EMBEDDER_FILE, PretrainConfig, load_pretraining_faces
+    from tf_models.train.face_pretraining import PretrainConfig, load_pretraining_faces
 
     spec = get_backbone(backbone)
     # The preparation cache face pretraining made, framed as the shipped weights were trained (every row sees those).
@@ -184,8 +209,8 @@ def bench_faces(data_root: str | Path, out: str | Path, *, runs: dict[str, str |
     embedders: dict[str, Callable[[np.ndarray], np.ndarray] | np.ndarray] = {}
     if spec.faces is not None:
         embedders[f"{spec.name} faces (shipped)"] = keras_embedder(build_face_embedder(backbone), spec.faces.input_size)
-    for name, run_dir in (runs or {}).items():
-        model = keras.saving.load_model(Path(run_dir) / EMBEDDER_FILE, compile=False)
+    for name, source in (runs or {}).items():
+        model = served_embedder(source, backbone)
         embedders[name] = keras_embedder(model, tuple(model.input_shape[1:3]))
     if include_dlib and dlib_available():
         embedders["dlib"] = faces.teacher[held_out]
