@@ -26,7 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--lr", type=float)
-    parser.add_argument("--init-from", help="an earlier run's embedder.keras or face_weights.npz (or the package's) to continue from, on a new schedule")
+    parser.add_argument("--init-from", help="an earlier run's embedder.keras or face_weights.npz (or the "
+                        "package's) to continue from, on a new schedule")
     parser.add_argument("--prepare-only", action="store_true", help="frame the faces (and teacher) and stop")
     args = parser.parse_args(argv)
 

@@ -103,6 +103,24 @@ def test_a_finished_run_is_reused_only_when_made_the_same_way(tmp_path):
     assert "epochs: 1 -> 3" in reuse_blocker(dataclasses.replace(config, epochs=3), same_start)
 
 
+def test_a_run_made_differently_loses_its_old_figures_before_training_again(tmp_path, monkeypatch):
+    from tf_models.train import compare
+
+    run = tmp_path / "run"
+    run.mkdir()
+    config = dataclasses.replace(_base(tmp_path), out=str(run))
+    dataclasses.replace(config, epochs=3).save(run / "config.yaml")  # made with another recipe
+    (run / "metrics.json").write_text(json.dumps({"accuracy": 0.99, "start_weights": "none"}))
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt("stopped half-way")
+
+    monkeypatch.setattr(compare, "train", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        compare.train_or_reuse(config, table=lambda: None)
+    assert not (run / "metrics.json").exists()  # never read back as this recipe's result
+
+
 def test_bad_sweep_parameter_lists_the_valid_ones(tmp_path):
     with pytest.raises(ValueError, match=r"valid ones: epochs, subset, batch_size\. Received: parameter='lr'"):
         run_sweep(_base(tmp_path), "lr", [1e-3], tmp_path / "results", tmp_path / "runs")

@@ -163,8 +163,6 @@ def served_embedder(source: str | Path, backbone: str = "mobilenetv2"):
     run's, or an earlier release of the package's), built as ``weights="faces"`` is served (with the
     mirror view), so the rows of the benchmark differ by their weights alone. A bare ``.npz`` is taken
     to be ``backbone``'s at its registry input size."""
-    import yaml
-
     from tf_models.models.backbones import get_backbone
     from tf_models.models.face_embedder import DEFAULT_EMBEDDING_DIM, build_face_embedder
     from tf_models.train.face_pretraining import (FACE_WEIGHTS_FILE, PRETRAIN_CONFIG_FILE, PretrainConfig,
@@ -174,7 +172,7 @@ def served_embedder(source: str | Path, backbone: str = "mobilenetv2"):
     spec = get_backbone(backbone)
     input_size, dim = (spec.faces.input_size, spec.faces.embedding_dim) if spec.faces else (None, DEFAULT_EMBEDDING_DIM)
     if source.is_dir():
-        config = PretrainConfig(**(yaml.safe_load((source / PRETRAIN_CONFIG_FILE).read_text()) or {}))
+        config = PretrainConfig.from_yaml(source / PRETRAIN_CONFIG_FILE)
         backbone, input_size, dim, source = config.backbone, config.input_size, config.embedding_dim, \
             source / FACE_WEIGHTS_FILE
     if not source.is_file():

@@ -100,10 +100,16 @@ def build_face_embedder(backbone: str, input_size: Sequence[int] | None = None, 
     model = keras.Model(inputs, outputs, name=f"{spec.name}_face_embedder")
     assert base.name == BACKBONE_LAYER
     if arrays is not None:
-        assign_face_weights(base.weights, arrays, "backbone/", spec.name)
-        for name in (PROJECTION_LAYER, PROJECTION_BN_LAYER):
-            assign_face_weights(model.get_layer(name).weights, arrays, "head/", spec.name)
+        assign_embedder_arrays(model, arrays, spec.name)
     return model
+
+
+def assign_embedder_arrays(embedder: keras.Model, arrays: dict[str, np.ndarray], backbone: str) -> None:
+    """Sets ``embedder``'s backbone and projection from arrays in the shipped format (``backbone/<path>``,
+    ``head/<path>``: :func:`save_face_weights`); a missing or misshapen array is an error, never a partial load."""
+    assign_face_weights(embedder.get_layer(BACKBONE_LAYER).weights, arrays, "backbone/", backbone)
+    for name in (PROJECTION_LAYER, PROJECTION_BN_LAYER):
+        assign_face_weights(embedder.get_layer(name).weights, arrays, "head/", backbone)
 
 
 def is_face_embedder(model: keras.Model) -> bool:
@@ -151,5 +157,6 @@ class MarginLogits(layers.Layer):
 
 
 __all__ = ["DEFAULT_EMBEDDING_DIM", "EMBEDDING_OUTPUT", "FACE_WEIGHTS_DIR", "FaceWeightsError", "MarginLogits",
+           "assign_embedder_arrays",
            "backbones_with_face_weights", "build_face_embedder", "face_weights_path", "is_face_embedder",
            "save_face_weights"]

@@ -3,7 +3,8 @@ Sweeps: one backbone and mode trained at several epochs, dataset sizes or batch 
 
 Finished runs (a ``metrics.json`` in their folder) are reused when they were made with the same
 config from the same starting weights, so a half-finished suite resumes where it stopped and a
-changed recipe (or new shipped face weights) is trained again. The best run per task is recorded in ``results/best/<task>.json`` for the app.
+changed recipe (or new shipped face weights) is trained again. The best run per task is recorded in
+``results/best/<task>.json`` for the app.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from tf_models.config import TrainConfig, load_table
 from tf_models.data.tables import ImageTable
 from tf_models.models.backbones import backbones_with_face_weights, get_backbone, start_weights_id
 from tf_models.models.classifier import inference_function
-from tf_models.runs import CONFIG_FILE, HISTORY_FILE, load_run_model, read_data_report, read_metrics, write_metrics
+from tf_models.runs import (CONFIG_FILE, HISTORY_FILE, METRICS_FILE, load_run_model, read_data_report, read_metrics,
+                            write_metrics)
 from tf_models.train.training import train
 
 TABLE_COLUMNS = ["backbone", "mode", "weights", "accuracy", "balanced_accuracy", "macro_f1", "params",
@@ -66,7 +68,10 @@ def train_or_reuse(config: TrainConfig, table: Callable[[], ImageTable], verbose
         if blocker is None:
             print(f"[compare] {config.backbone} {config.mode}: finished earlier, reusing {run_dir}")
             return finished
-        print(f"[compare] {config.backbone} {config.mode}: {run_dir} was made differently ({blocker}): training again")
+        print(f"[compare] {config.backbone} {config.mode}: {run_dir} was made differently ({blocker}): "
+              "training again")
+        # Gone before training: a run that stops half-way must not leave the old figures under the new config.
+        (run_dir / METRICS_FILE).unlink()
     else:
         print(f"[compare] training {config.backbone} {config.mode} -> {run_dir}")
     metrics = train(config, table=table(), verbose=verbose).metrics

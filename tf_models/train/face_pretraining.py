@@ -39,10 +39,9 @@ from tf_models.data.augment import AugmentConfig, build_augmenter
 from tf_models.data.face_sets import identity_disjoint_split, load_face_identities, unit_hash
 from tf_models.faces.crop import CropSettings
 from tf_models.images import resize_images
-from tf_models.models.backbones import assign_face_weights
 from tf_models.models.classifier import BACKBONE_LAYER, inference_function
-from tf_models.models.face_embedder import (PROJECTION_BN_LAYER, PROJECTION_LAYER, MarginLogits, build_face_embedder,
-                                            save_face_weights)
+from tf_models.models.face_embedder import (PROJECTION_BN_LAYER, PROJECTION_LAYER, MarginLogits,
+                                            assign_embedder_arrays, build_face_embedder, save_face_weights)
 from tf_models.train.face_data import FramedFaces, prepare_faces
 
 LOSSES = ("distill", "arcface", "cosface", "distill+arcface", "distill+cosface")
@@ -79,7 +78,7 @@ class PretrainConfig:
     val_people_fraction: float = 0.03  # training people held back to watch progress (not the benchmark's)
     workers: int = 2  # processes framing faces
     seed: int = 0
-    init_from: str | None = None  # an earlier run's embedder.keras or face_weights.npz to continue from (a second schedule)
+    init_from: str | None = None  # an earlier run's embedder.keras or face_weights.npz: a second schedule
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
@@ -206,11 +205,7 @@ def load_embedder_weights(embedder: keras.Model, path: str | Path) -> None:
     """
     if Path(path).suffix == ".npz":
         with np.load(path, allow_pickle=False) as stored:
-            arrays = dict(stored)
-        backbone = embedder.get_layer(BACKBONE_LAYER)
-        assign_face_weights(backbone.weights, arrays, "backbone/", embedder.name)
-        for name in (PROJECTION_LAYER, PROJECTION_BN_LAYER):
-            assign_face_weights(embedder.get_layer(name).weights, arrays, "head/", embedder.name)
+            assign_embedder_arrays(embedder, dict(stored), embedder.name)
         return
     source = keras.saving.load_model(path, compile=False)
     for name in (BACKBONE_LAYER, PROJECTION_LAYER, PROJECTION_BN_LAYER):
