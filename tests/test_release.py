@@ -31,8 +31,23 @@ def _inputs(count: int = 24) -> np.ndarray:
     return np.concatenate([x.numpy() for x, _ in make_dataset(paths, [0] * len(paths), (72, 72), 32, training=False)])
 
 
+def _decided_inputs(run, count: int = 24, pool: int = 96, min_confidence: float = 0.6) -> np.ndarray:
+    """``count`` photos on which ``run`` is decided (top probability >= ``min_confidence``).
+
+    A model trained for an epoch or two answers about 0.5 on a few photos, where int8 rounding may flip
+    its answer on one CPU and not on another (seen: 23 of 24 on an Intel AMX machine, 24 of 24 on an AMD
+    one). The release check is meant for trained models; the photos it is tested on here must not sit on
+    the fence, or the test says more about the CPU than about the release."""
+    inputs = _inputs(pool)
+    confidence = np.asarray(load_run_model(run)(inputs)).max(axis=1)
+    decided = inputs[confidence >= min_confidence][:count]
+    assert len(decided) == count, f"only {len(decided)} of {pool} photos decided: train the fixture longer"
+    return decided
+
+
 def test_a_release_is_a_quarter_of_the_size_and_serves_the_same_answers(gender_run, tmp_path):
-    out = write_release(gender_run, tmp_path / "gender", _inputs(), command="python scripts/make_release.py --test")
+    out = write_release(gender_run, tmp_path / "gender", _decided_inputs(gender_run),
+                        command="python scripts/make_release.py --test")
     assert not (out / MODEL_FILE).exists() and (out / RELEASE_WEIGHTS_FILE).is_file()
     float32_bytes = 4 * load_run_model(gender_run).count_params()
     assert (out / RELEASE_WEIGHTS_FILE).stat().st_size < 0.3 * float32_bytes  # int8: a quarter, and a little
@@ -62,7 +77,8 @@ def test_a_mirror_averaged_run_is_served_and_released_with_its_mirror(tmp_path):
     x = _inputs(8)
     answers = np.asarray(model(x))
     np.testing.assert_allclose(np.asarray(model(x[:, :, ::-1])), answers, atol=1e-5)  # both views, averaged
-    released = load_run_model(write_release(run, tmp_path / "gender", _inputs(), command="make_release.py --test"))
+    released = load_run_model(write_release(run, tmp_path / "gender", _decided_inputs(run),
+                                                  command="make_release.py --test"))
     assert MIRROR_LAYER in [layer.name for layer in released.layers]  # rebuilt from config.yaml with its mirror
     np.testing.assert_allclose(np.asarray(released(x)), answers, atol=2e-2)  # int8 rounding
     photo = next((CELEBA_SAMPLE / "img_align_celeba").glob("*.jpg"))
@@ -78,7 +94,7 @@ def test_a_release_that_disagrees_with_its_run_is_not_written(gender_run, tmp_pa
 
 
 def test_a_damaged_release_is_refused_not_half_loaded(gender_run, tmp_path):
-    out = write_release(gender_run, tmp_path / "gender", _inputs(8), command="x")
+    out = write_release(gender_run, tmp_path / "gender", _decided_inputs(gender_run, 8), command="x")
     with np.load(out / RELEASE_WEIGHTS_FILE) as arrays:
         kept = {k: v for k, v in list(dict(arrays).items())[1:]}  # one weight missing
     np.savez(out / RELEASE_WEIGHTS_FILE, **kept)
@@ -88,7 +104,7 @@ def test_a_damaged_release_is_refused_not_half_loaded(gender_run, tmp_path):
 
 def test_the_app_serves_best_runs_first_then_the_release(gender_run, tmp_path):
     releases = tmp_path / "releases"
-    write_release(gender_run, releases / "gender", _inputs(8), command="x")
+    write_release(gender_run, releases / "gender", _decided_inputs(gender_run, 8), command="x")
     best = tmp_path / "best"
     best.mkdir()
     # nothing recorded -> the release
