@@ -214,14 +214,18 @@ def test_auto_in_a_run_falls_back_to_disk_when_memory_is_short(tmp_path, monkeyp
     assert list((tmp_path / "run" / "image_cache").rglob("*.index"))  # the run folder's, by default
 
 
-@pytest.mark.slow
-def test_bench_cache_writes_a_row_per_mode(tmp_path, capsys):
+def _needs_shared_celeba() -> None:
     if not (REPO_ROOT.parent / "shared" / "data" / "celeba" / "gender_labels.csv").is_file():
         pytest.skip("needs ../shared/data")
+
+
+@pytest.mark.slow
+def test_bench_cache_writes_a_row_per_mode(tmp_path, capsys):
+    """The whole script, pipeline only: a fresh process per mode, then memory and disk side by side."""
+    _needs_shared_celeba()
     from scripts.bench_cache import main
 
-    assert main(["--n", "300", "--image-size", "32", "32", "--epochs", "2", "--rounds", "1",
-                 "--train-steps", "2", "--train-warmup", "1", "--train-rounds", "2",
+    assert main(["--n", "300", "--image-size", "32", "32", "--epochs", "2", "--rounds", "1", "--train-steps", "0",
                  "--work-dir", str(tmp_path / "work"), "--out-dir", str(tmp_path / "out")]) == 0
     rows = (tmp_path / "out" / "cache.csv").read_text().splitlines()
     assert [row.split(",")[0] for row in rows[1:]] == ["memory", "disk", "none"]
@@ -229,10 +233,44 @@ def test_bench_cache_writes_a_row_per_mode(tmp_path, capsys):
     assert "- cpu:" in markdown and "- cpu flags (speed-relevant):" in markdown
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert last.startswith("300 images at 32x32: peak RSS none") and markdown.rstrip().endswith(last)
-    assert "training img/s from pass 2 on vs memory" in last and "; target: " in last
     header = rows[0].split(",")
-    for row in rows[1:]:  # every mode trained: img/s and peak RSS with the model
+    for row in rows[1:]:
         values = dict(zip(header, row.split(",")))
-        assert float(values["train_img_per_s"]) > 0 and float(values["train_side_by_side_img_per_s"]) > 0
-        assert float(values["peak_rss_train_gb"]) >= float(values["peak_rss_gb"])
+        assert float(values["peak_rss_gb"]) >= float(values["rss_before_pass1_gb"]) > 0
+        assert float(values["later_img_per_s"]) > 0 and values["train_img_per_s"] == ""  # no training asked for
     assert len(list((tmp_path / "work" / "celeba_300" / "img_align_celeba").iterdir())) == 300
+
+
+@pytest.mark.slow
+def test_bench_cache_training_rows_and_the_model_alone(tmp_path):
+    """The training measurements, in this process (the script runs each in a fresh one): a mode trains from
+    its next pass, the model alone trains on one batch, and the headline says what the mode adds to it."""
+    _needs_shared_celeba()
+    from tf_models.bench.cache import (
+        MODES,
+        CacheBenchSettings,
+        build_link_dataset,
+        headline,
+        measure_model_alone,
+        measure_mode,
+        summary_rows,
+    )
+
+    settings = CacheBenchSettings(source_dir=REPO_ROOT.parent / "shared" / "data" / "celeba", labels_csv=None,
+                                  x_col="image_id", y_col="Male", n=96, image_size=(32, 32), batch_size=16,
+                                  epochs=2, rounds=1, work_dir=tmp_path / "work", train_steps=2, train_warmup=1)
+    dataset_dir = build_link_dataset(settings)
+    disk = measure_mode(str(dataset_dir), "disk", [32, 32], 16, 2, str(tmp_path / "cache"), train_steps=2,
+                        train_warmup=1)
+    assert disk["train"]["images"] == 2 * 16 and disk["peak_rss_train"] >= disk["peak_rss"]
+    assert list((tmp_path / "cache").rglob("*.index"))  # pass 1 wrote the disk cache the training read
+    alone = measure_model_alone([32, 32], 16, train_steps=2, train_warmup=1)
+    assert alone["train"]["images"] == 2 * 16 and alone["peak_rss"] >= alone["start_rss"] > 0
+    side = {"memory": disk["passes"], "disk": disk["passes"], "train": {mode: [disk["train"]] for mode in MODES}}
+    rows = summary_rows(dict.fromkeys(MODES, disk), side, settings.n, 1, alone)
+    for row in rows:
+        assert row["peak_rss_train_above_model_gb"] == round((disk["peak_rss_train"] - alone["peak_rss"]) / 1e9, 2)
+        assert row["train_side_by_side_vs_memory"] == 1.0
+    last = headline(rows, settings, alone)
+    assert last.startswith("96 images at 32x32: peak RSS none") and "training img/s from pass 2 on vs memory" in last
+    assert f"(the model alone, no dataset: {alone['peak_rss'] / 1e9:.2f} GB; none/disk add " in last

@@ -13,7 +13,9 @@ process builds a small registry model (``TRAIN_BACKBONE`` from scratch, compiled
 and times its training steps on the mode's dataset from the next pass on (W warm-up steps, then S timed
 ones, Keras's own ``train_function`` on the dataset's iterator, as ``fit`` runs it), so that process's peak
 RSS includes the model. The side-by-side process then trains one such model on all three modes in turn,
-round-robin, for the ratios the neighbours' load cannot skew.
+round-robin, for the ratios the neighbours' load cannot skew. A last fresh process trains the same model on
+one batch held in memory (no dataset at all): the model's own peak RSS, which every mode pays whatever the
+dataset's size, so the table can say what each cache mode adds to it.
 """
 
 from __future__ import annotations
@@ -142,6 +144,21 @@ def measure_mode(dataset_dir: str, mode: str, image_size: list[int], batch_size:
     return result
 
 
+def measure_model_alone(image_size: list[int], batch_size: int, train_steps: int, train_warmup: int) -> dict:
+    """The training model on one batch of random pixels held in memory, no dataset: its own peak RSS and img/s.
+
+    Called in a fresh process by :func:`bench_cache`: the memory training takes whatever feeds it."""
+    import tensorflow as tf
+
+    model = _training_model(image_size)
+    start_rss = _rss_bytes("VmRSS")
+    batch = (tf.random.uniform((batch_size, *image_size, 3), 0, 255, seed=0), tf.zeros((batch_size,), tf.int32))
+    iterator = iter(tf.data.Dataset.from_tensors(batch).repeat())
+    _timed_steps(model, iterator, train_warmup, batch_size)
+    train = _timed_steps(model, iterator, train_steps, batch_size)
+    return {"start_rss": start_rss, "peak_rss": _rss_bytes("VmHWM"), "train": train}
+
+
 def measure_side_by_side(dataset_dir: str, image_size: list[int], batch_size: int, rounds: int,
                          cache_dir: str, train_steps: int = 0, train_warmup: int = 0, train_rounds: int = 1) -> dict:
     """Memory and disk in one process: one untimed pass each, then ``rounds`` rounds of one timed pass each.
@@ -199,13 +216,21 @@ def bench_cache(settings: CacheBenchSettings, out_dir: Path, command: str) -> Ca
           flush=True)
     side = _in_fresh_process("measure_side_by_side", {**common, **training, "rounds": settings.rounds,
                                                       "train_rounds": settings.train_rounds})
-    rows = summary_rows(per_mode, side, settings.n, disk_bytes)
-    csv_path, md_path = write_results(rows, machine, settings, dataset_dir, out_dir, command)
-    return CacheBenchResult(rows, csv_path, md_path, headline(rows, settings))
+    alone = None
+    if settings.train_steps > 0:
+        print(f"[bench_cache] the {TRAIN_BACKBONE} training model alone (one batch in memory, no dataset), "
+              "in a fresh process", flush=True)
+        alone = _in_fresh_process("measure_model_alone", {"image_size": list(settings.image_size),
+                                                          "batch_size": settings.batch_size, **training})
+    rows = summary_rows(per_mode, side, settings.n, disk_bytes, alone)
+    csv_path, md_path = write_results(rows, machine, settings, dataset_dir, out_dir, command, alone)
+    return CacheBenchResult(rows, csv_path, md_path, headline(rows, settings, alone))
 
 
-def summary_rows(per_mode: dict[str, dict], side: dict[str, list], n: int, disk_bytes: int) -> list[dict]:
-    """One row per mode: peak RSS, img/s of pass 1 and later passes, side-by-side img/s, ratios to memory."""
+def summary_rows(per_mode: dict[str, dict], side: dict[str, list], n: int, disk_bytes: int,
+                 alone: dict | None = None) -> list[dict]:
+    """One row per mode: peak RSS, img/s of pass 1 and later passes, side-by-side img/s, ratios to memory;
+    with ``alone`` (:func:`measure_model_alone`), how much each mode's training peak lies above the model's own."""
     rows = []
     side_train = side.get("train", {})
     for mode in MODES:
@@ -230,6 +255,8 @@ def summary_rows(per_mode: dict[str, dict], side: dict[str, list], n: int, disk_
             "side_by_side_s": " ".join(f"{p['seconds']:.2f}" for p in timed),
             "train_backbone": TRAIN_BACKBONE if train else None,
             "peak_rss_train_gb": round(per_mode[mode]["peak_rss_train"] / 1e9, 2) if train else None,
+            "peak_rss_train_above_model_gb": (round((per_mode[mode]["peak_rss_train"] - alone["peak_rss"]) / 1e9, 2)
+                                              if train and alone else None),
             "train_img_per_s": round(train["images"] / train["seconds"], 1) if train else None,
             "train_cpu_us_per_img": round(1e6 * train["cpu_seconds"] / train["images"], 1) if train else None,
             "train_side_by_side_img_per_s": (round(_per_second(train_side), 1) if train_side else None),
@@ -255,7 +282,7 @@ def _per_second(chunks: list[dict]) -> float:
     return statistics.median(p["images"] / p["seconds"] for p in chunks)
 
 
-def headline(rows: list[dict], settings: CacheBenchSettings) -> str:
+def headline(rows: list[dict], settings: CacheBenchSettings, alone: dict | None = None) -> str:
     by = {row["mode"]: row for row in rows}
     height, width = settings.image_size
     pipeline = (f"pipeline-only img/s from pass 2 on vs memory: disk {by['disk']['side_by_side_vs_memory']:.0%} "
@@ -266,6 +293,9 @@ def headline(rows: list[dict], settings: CacheBenchSettings) -> str:
     rss = {m: (by[m]["peak_rss_gb"], by[m]["peak_rss_train_gb"]) for m in ("none", "disk")}
     pipeline_rss_met = all(pipe < RSS_TARGET_GB for pipe, _ in rss.values())
     train_rss_met = all(train < RSS_TARGET_GB for _, train in rss.values())
+    model_alone = (f" (the model alone, no dataset: {alone['peak_rss'] / 1e9:.2f} GB; none/disk add "
+                   f"{by['none']['peak_rss_train_above_model_gb']:.2f}/{by['disk']['peak_rss_train_above_model_gb']:.2f}"
+                   f" GB to it, memory {by['memory']['peak_rss_train_above_model_gb']:.2f})" if alone else "")
     ratios = {m: by[m]["train_side_by_side_vs_memory"] for m in ("disk", "none")}
     speed_met = all(r is not None and r >= SPEED_TARGET for r in ratios.values())
 
@@ -278,12 +308,13 @@ def headline(rows: list[dict], settings: CacheBenchSettings) -> str:
             f"{by['disk']['peak_rss_gb']:.2f}, memory {by['memory']['peak_rss_gb']:.2f} GB); {pipeline}; "
             f"{TRAIN_BACKBONE} training img/s from pass 2 on vs memory: disk {ratios['disk']:.0%}, none "
             f"{ratios['none']:.0%} (side by side); target: none/disk peak RSS < {RSS_TARGET_GB:g} GB "
-            f"{verdict(pipeline_rss_met)} for the pipeline, {verdict(train_rss_met)} with training; training img/s "
+            f"{verdict(pipeline_rss_met)} for the pipeline, {verdict(train_rss_met)} with training{model_alone}; "
+            f"training img/s "
             f"within {1 - SPEED_TARGET:.0%} of memory {verdict(speed_met)}")
 
 
 def write_results(rows: list[dict], machine: dict[str, str], settings: CacheBenchSettings, dataset_dir: Path,
-                  out_dir: Path, command: str) -> tuple[Path, Path]:
+                  out_dir: Path, command: str, alone: dict | None = None) -> tuple[Path, Path]:
     """cache.csv and cache.md under ``out_dir``; the Markdown ends with the headline."""
     out_dir.mkdir(parents=True, exist_ok=True)
     csv_path, md_path = out_dir / "cache.csv", out_dir / "cache.md"
@@ -303,6 +334,7 @@ def write_results(rows: list[dict], machine: dict[str, str], settings: CacheBenc
     } for r in rows])
     train_table = pd.DataFrame([{
         "mode": r["mode"], "peak RSS GB (with model)": _or_dash(r["peak_rss_train_gb"], "{}"),
+        "above the model alone GB": _or_dash(r["peak_rss_train_above_model_gb"], "{}"),
         "train img/s": _or_dash(r["train_img_per_s"], "{:.0f}"), "vs memory": _or_dash(r["train_vs_memory"], "{:.0%}"),
         "CPU-us / img": _or_dash(r["train_cpu_us_per_img"], "{}"),
         "side by side train img/s": _or_dash(r["train_side_by_side_img_per_s"], "{:.0f}"),
@@ -343,12 +375,17 @@ def write_results(rows: list[dict], machine: dict[str, str], settings: CacheBenc
         f"- side by side: in the side-by-side process, one model trains on memory, disk and none in turn: "
         f"{settings.train_warmup} untimed steps each, then {settings.train_rounds} rounds of {chunk} steps per "
         "mode (median round)",
+        *([f"- the model alone: a fresh process trains the same model on one batch of random pixels held in memory "
+           f"(no dataset, no cache): peak RSS {alone['peak_rss'] / 1e9:.2f} GB (after build: "
+           f"{alone['start_rss'] / 1e9:.2f}), {alone['train']['images'] / alone['train']['seconds']:.0f} img/s. "
+           "Every mode pays this whatever the dataset's size; 'above the model alone' is what the mode's "
+           "pipeline and cache add to it"] if alone else []),
         f"- target: none/disk peak RSS under {RSS_TARGET_GB:g} GB, and training img/s from pass 2 on within "
         f"{1 - SPEED_TARGET:.0%} of memory's (side by side)",
         "",
         markdown_table(train_table),
         "",
-        headline(rows, settings),
+        headline(rows, settings, alone),
         "",
     ]
     md_path.write_text("\n".join(lines), encoding="utf-8")
