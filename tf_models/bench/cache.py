@@ -147,7 +147,7 @@ def measure_mode(dataset_dir: str, mode: str, image_size: list[int], batch_size:
 def measure_model_alone(image_size: list[int], batch_size: int, train_steps: int, train_warmup: int) -> dict:
     """The training model on one batch of random pixels held in memory, no dataset: its own peak RSS and img/s.
 
-    Called in a fresh process by :func:`bench_cache`: the memory training takes whatever feeds it."""
+    Called in a fresh process by :func:`bench_cache`: what training costs before any dataset or cache is added."""
     import tensorflow as tf
 
     model = _training_model(image_size)
