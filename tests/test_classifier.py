@@ -36,7 +36,8 @@ def _build(name, mode, **kwargs):
 
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("name", ALL_BACKBONES)
-def test_every_backbone_builds_in_every_mode(name, mode):
+def test_every_backbone_builds_in_every_mode_and_trains_what_the_mode_says(name, mode):
+    # One build per backbone and mode serves both checks: the large backbones take seconds to build.
     model = _build(name, mode)
     size = small_input(name)
     probs = keras.ops.convert_to_numpy(model(_random_images(size)))
@@ -44,21 +45,20 @@ def test_every_backbone_builds_in_every_mode(name, mode):
     assert np.isfinite(probs).all()
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
     assert model.output.dtype == "float32"
+    {"transfer": _assert_transfer_trains_only_the_head, "finetune": _assert_finetune_trains_head_and_top_block,
+     "scratch": _assert_scratch_trains_everything}[mode](model, name)
 
 
-@pytest.mark.parametrize("name", ALL_BACKBONES)
-def test_transfer_trains_only_the_head(name):
-    model = _build(name, "transfer")
+def _assert_transfer_trains_only_the_head(model: keras.Model, name: str) -> None:
     backbone = model.get_layer(BACKBONE_LAYER)
     assert backbone.trainable_weights == []
     expected = _head_params(get_backbone(name).feature_size, HeadConfig().units, NUM_CLASSES)
     assert _count(model.trainable_weights) == expected
 
 
-@pytest.mark.parametrize("name", ALL_BACKBONES)
-def test_finetune_trains_head_and_top_block_but_no_batchnorm(name):
+def _assert_finetune_trains_head_and_top_block(model: keras.Model, name: str) -> None:
+    """The head and the backbone from its ``finetune_from`` layer up train; no BatchNorm does."""
     spec = get_backbone(name)
-    model = _build(name, "finetune")
     backbone = model.get_layer(BACKBONE_LAYER)
     names = [layer.name for layer in backbone.layers]
     start = names.index(spec.finetune_from)
@@ -77,23 +77,21 @@ def test_finetune_trains_head_and_top_block_but_no_batchnorm(name):
             assert not layer.trainable, f"BatchNorm {layer.name} trains in finetune mode"
 
 
-def test_finetune_top_n_layers():
-    model = _build("vgg16", "finetune", finetune_layers=4)
-    backbone = model.get_layer(BACKBONE_LAYER)
-    trainable = [layer.name for layer in backbone.layers if layer.trainable_weights]
-    # The top four layers of VGG16's base are block5_conv1..3 and block5_pool.
-    assert trainable == ["block5_conv1", "block5_conv2", "block5_conv3"]
-
-
-@pytest.mark.parametrize("name", ALL_BACKBONES)
-def test_scratch_trains_everything(name):
-    model = _build(name, "scratch")
+def _assert_scratch_trains_everything(model: keras.Model, name: str) -> None:
     # Only statistics are non-trainable, by their nature: BatchNorm's moving mean and variance, and
     # the input normalisation some backbones carry inside (ConvNeXt's ImageNet mean and variance).
     statistics = [w for w in model.weights
                   if "moving_" in w.path or w.path.rsplit("/", 1)[-1] in ("mean", "variance", "count")]
     assert _count(model.trainable_weights) + _count(statistics) == _count(model.weights)
     assert all(layer.trainable for layer in model.get_layer(BACKBONE_LAYER).layers)
+
+
+def test_finetune_top_n_layers():
+    model = _build("vgg16", "finetune", finetune_layers=4)
+    backbone = model.get_layer(BACKBONE_LAYER)
+    trainable = [layer.name for layer in backbone.layers if layer.trainable_weights]
+    # The top four layers of VGG16's base are block5_conv1..3 and block5_pool.
+    assert trainable == ["block5_conv1", "block5_conv2", "block5_conv3"]
 
 
 def test_finetune_keeps_batchnorm_statistics_and_frozen_layers_fixed():
@@ -161,21 +159,21 @@ def test_mirror_averaged_answers_from_both_views_with_the_same_weights(tmp_path)
 
 @pytest.mark.parametrize("suffix", [".weights.h5", ".h5"])
 def test_weights_file_gives_identical_outputs(tmp_path, suffix):
-    size = small_input("resnet50")
+    size = small_input("mobilenetv2")
     keras.utils.set_random_seed(1)
-    first = build_classifier("resnet50", NUM_CLASSES, size, mode="finetune", weights=None)
+    first = build_classifier("mobilenetv2", NUM_CLASSES, size, mode="finetune", weights=None)
     path = tmp_path / f"base{suffix}"
     if suffix == ".weights.h5":
         first.get_layer(BACKBONE_LAYER).save_weights(path)
     else:  # the legacy HDF5 layout Keras's ImageNet downloads use
         first.get_layer(BACKBONE_LAYER).save(path)
     keras.utils.set_random_seed(1)
-    second = build_classifier("resnet50", NUM_CLASSES, size, mode="finetune", weights=str(path))
+    second = build_classifier("mobilenetv2", NUM_CLASSES, size, mode="finetune", weights=str(path))
     x = _random_images(size, n=3)
     np.testing.assert_array_equal(np.array(second(x)), np.array(first(x)))
     # And it really is the file: a third build with another seed but the same file matches the base.
     keras.utils.set_random_seed(7)
-    third = build_classifier("resnet50", NUM_CLASSES, size, mode="finetune", weights=str(path))
+    third = build_classifier("mobilenetv2", NUM_CLASSES, size, mode="finetune", weights=str(path))
     a = first.get_layer(BACKBONE_LAYER)(x, training=False)
     b = third.get_layer(BACKBONE_LAYER)(x, training=False)
     np.testing.assert_array_equal(np.array(a), np.array(b))

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import atexit
 import errno
+import functools
 import json
 import shutil
 import statistics
@@ -25,6 +26,7 @@ import tempfile
 import time
 import warnings
 from datetime import datetime, timezone
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -215,18 +217,21 @@ def _exported_runtime(run: RunFiles, runtime: str, model: keras.Model) -> Runtim
     stamp_text = file_sha1(run.model_path) + (f"\n{INT8_RECIPE}" if quantize else "")
     folder = run.exports_dir / f"{runtime}-serving"
     path, stamp = folder / MODEL_FILES[fmt], folder / STAMP_FILE
+    # Framing the run's photos (MTCNN on a few hundred) is most of an int8 conversion's time: done once
+    # for both the calibration and the parity check.
+    inputs = functools.cache(lambda: int8_inputs(run, tuple(int(v) for v in model.input_shape[1:3])))
     if not (path.is_file() and stamp.is_file() and stamp.read_text().strip() == stamp_text):
         try:
-            _write_serving_files(run, runtime, model, folder, stamp_text)
+            _write_serving_files(run, runtime, model, folder, stamp_text, inputs)
         except OSError as err:
             if err.errno not in _READ_ONLY_ERRORS:
                 raise
             folder = _scratch_folder()  # a read-only run folder (shared results, a read-only mount)
-            _write_serving_files(run, runtime, model, folder, stamp_text)
+            _write_serving_files(run, runtime, model, folder, stamp_text, inputs)
         path = folder / path.name
     engine = file_runtime(runtime, path)
     if quantize:
-        parity = _parity_on_this_cpu(run, model, engine, folder)
+        parity = _parity_on_this_cpu(model, engine, folder, inputs)
         if parity["top1_agreement"] < INT8_MIN_AGREEMENT:
             raise Int8ParityError(
                 f"The {runtime} model of {run.run_dir} agrees with the float32 model on "
@@ -235,8 +240,10 @@ def _exported_runtime(run: RunFiles, runtime: str, model: keras.Model) -> Runtim
     return engine
 
 
-def _parity_on_this_cpu(run: RunFiles, model: keras.Model, engine: Runtime, folder: Path) -> dict[str, Any]:
-    """``parity.json`` if it was measured on this kind of CPU, else a new measurement (written back).
+def _parity_on_this_cpu(model: keras.Model, engine: Runtime, folder: Path,
+                        inputs: Callable[[], tuple[np.ndarray, np.ndarray]]) -> dict[str, Any]:
+    """``parity.json`` if it was measured on this kind of CPU, else a new measurement on the held-out half of
+    ``inputs()`` (:func:`~tf_models.serve.export.int8_inputs`), written back.
 
     int8 kernels differ between CPUs (VNNI / AMX / AVX2 / ARM dot product), so agreement measured
     on one machine says nothing certain about another.
@@ -245,7 +252,7 @@ def _parity_on_this_cpu(run: RunFiles, model: keras.Model, engine: Runtime, fold
     parity = _read_json(path)
     if parity is not None and parity.get("cpu") == cpu_identity() and "top1_agreement" in parity:
         return parity
-    _, held_out = int8_inputs(run, tuple(int(v) for v in model.input_shape[1:3]))
+    _, held_out = inputs()
     parity = {**(parity or {}), **measure_parity(model, engine, held_out), "cpu": cpu_identity(),
               "min_agreement": INT8_MIN_AGREEMENT}
     _write_json(path, parity)
@@ -262,15 +269,17 @@ def _scratch_folder() -> Path:
     return folder
 
 
-def _write_serving_files(run: RunFiles, runtime: str, model: keras.Model, folder: Path, stamp_text: str) -> None:
-    """The model file (int8: calibrated on the run's faces), then the stamp naming its ``model.keras``."""
+def _write_serving_files(run: RunFiles, runtime: str, model: keras.Model, folder: Path, stamp_text: str,
+                         inputs: Callable[[], tuple[np.ndarray, np.ndarray]]) -> None:
+    """The model file (int8: calibrated on the calibration half of ``inputs()``), then the stamp naming its
+    ``model.keras``."""
     fmt, quantize = EXPORTED_RUNTIMES[runtime]
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / MODEL_FILES[fmt]
     (folder / PARITY_FILE).unlink(missing_ok=True)  # belongs to the file being replaced
     if quantize:
         print(f"Making the {runtime} model of {run.run_dir} (once): calibrating on its faces...", flush=True)
-        calibration, _ = int8_inputs(run, tuple(int(v) for v in model.input_shape[1:3]))
+        calibration, _ = inputs()
         export_keras(model, fmt, path, quantize=quantize, representative=calibration)
         _write_json(folder / PARITY_FILE, {"calibration_images": len(calibration)})
     else:
