@@ -24,6 +24,8 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from tf_models.config import TrainConfig  # noqa: E402  (no TensorFlow import: the log level above holds)
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA_DIR = REPO_ROOT.parent / "shared" / "data" / "celeba"
 
@@ -39,7 +41,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--n", type=int, default=100_000, help="files in the dataset (default: %(default)s)")
     parser.add_argument("--image-size", type=int, nargs=2, default=(64, 64), metavar=("H", "W"),
                         help="size the pipeline decodes to (default: 64 64)")
-    parser.add_argument("--batch-size", type=int, default=64, help="default: %(default)s")
+    parser.add_argument("--batch-size", type=int, default=TrainConfig.batch_size,
+                        help="images per step, the pipeline's and the training model's (default: %(default)s, "
+                             "train.py's)")
     parser.add_argument("--epochs", type=int, default=3, help="passes per mode; pass 1 fills the cache (default: 3)")
     parser.add_argument("--rounds", type=int, default=10,
                         help="side-by-side timed passes of memory and disk (default: %(default)s)")

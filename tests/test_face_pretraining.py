@@ -18,7 +18,7 @@ from tf_models.models.face_embedder import build_face_embedder
 from tf_models.train import face_data
 from tf_models.train.face_data import prepare_faces
 from tf_models.train.face_pretraining import (EMBEDDER_FILE, FACE_WEIGHTS_FILE, PretrainConfig, build_training_model,
-                                             embed_crops, load_embedder_weights, pretrain)
+                                             embed_crops, load_embedder_weights, pair_accuracy, pretrain)
 
 needs_dlib = pytest.mark.skipif(not dlib_available(), reason="dlib-bin + face_recognition_models (requirements-dev.txt)")
 
@@ -102,3 +102,15 @@ def test_pretraining_resumes_and_writes_the_shipped_format(face_rows, tmp_path, 
     _, other = build_training_model(dataclasses.replace(config, backbone="mobilenetv2", input_size=(96, 96)), 6)
     with pytest.raises(ValueError, match="another architecture|does not fit"):
         load_embedder_weights(other, run_dir / FACE_WEIGHTS_FILE)
+
+
+def test_progress_pair_accuracy_uses_the_benchmarks_pairs_and_copes_with_few_people():
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(30, 16))
+    people = np.repeat([f"p{k}" for k in range(30)], 3)  # 90 distinct genuine pairs: fewer than asked for
+    vectors = np.repeat(centres, 3, axis=0) + 0.05 * rng.normal(size=(90, 16))
+    separated = pair_accuracy(vectors / np.linalg.norm(vectors, axis=1, keepdims=True), people, pairs=2000)
+    assert separated["pair_accuracy"] == 1.0
+    noise = pair_accuracy(rng.normal(size=(90, 16)), people, pairs=2000)["pair_accuracy"]
+    assert 0.5 <= noise < 0.75  # the best threshold on its own 180 pairs: a little above chance, never near 1
+    assert np.isnan(pair_accuracy(vectors, np.array([f"p{k}" for k in range(90)]))["pair_accuracy"])

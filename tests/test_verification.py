@@ -1,11 +1,11 @@
-"""Verification, K-shot and open-set maths (tf_models.identity.verification) on embeddings whose answers are known."""
+"""Verification, K-shot and open-set maths (tf_models.faces.verification) on embeddings whose answers are known."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from tf_models.identity.verification import (
+from tf_models.faces.verification import (
     best_threshold,
     kshot_identification,
     openset_far_at_frr,

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from tf_models.benchmarking import machine_info, machine_markdown, markdown_table
-from tf_models.identity.verification import (
+from tf_models.faces.verification import (
     kshot_identification,
     openset_far_at_frr,
     pair_scores,

@@ -1,1 +1,2 @@
-"""Faces: the MTCNN detector and the framing that turns a face box into a model input."""
+"""Faces: the MTCNN detector, the framing that turns a face box into a model input, and the maths that
+compares face embeddings (``verification``)."""

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tf_models.faces.verification import l2_normalize
 from tf_models.files import atomic_write
 
 GALLERY_JSON = "gallery.json"  # names, threshold, counts, checksum of the npz (human-readable)
@@ -50,16 +51,6 @@ class Match:
     @property
     def is_known(self) -> bool:
         return self.name is not None
-
-
-def l2_normalize(embeddings: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit length (float32). A zero row cannot be normalised and is an error."""
-    array = np.asarray(embeddings, dtype=np.float32)
-    norms = np.linalg.norm(array, axis=-1, keepdims=True)
-    if np.any(norms == 0):
-        raise ValueError("An embedding of all zeros has no direction and cannot be compared; "
-                         f"check the model's output. Received: {int((norms == 0).sum())} zero rows")
-    return array / norms
 
 
 def _as_matrix(embeddings: np.ndarray, dim: int | None, what: str) -> np.ndarray:

@@ -1,6 +1,8 @@
 """How well an embedding tells people apart: verification, K-shot identification, open-set rejection.
 
-Plain numpy on unit embeddings (any embedder: ours, dlib's), the protocols of face-recognition papers:
+Plain numpy on unit embeddings (any embedder: ours, dlib's), the protocols of face-recognition papers,
+here below both the gallery (``tf_models.identity``) and face pretraining's progress figure
+(``tf_models.train``), which measure with the same maths:
 
 - :func:`sample_pairs` + :func:`verification_folds`: LFW-style 10-fold verification (threshold chosen
   on 9 folds, accuracy on the 10th) and :func:`tar_at_far` (true accepts at a false-accept rate).
@@ -16,12 +18,26 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from tf_models.identity.gallery import l2_normalize
+
+
+def l2_normalize(embeddings: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (float32). A zero row cannot be normalised and is an error."""
+    array = np.asarray(embeddings, dtype=np.float32)
+    norms = np.linalg.norm(array, axis=-1, keepdims=True)
+    if np.any(norms == 0):
+        raise ValueError("An embedding of all zeros has no direction and cannot be compared; "
+                         f"check the model's output. Received: {int((norms == 0).sum())} zero rows")
+    return array / norms
 
 
 def _groups(people: Sequence[str]) -> dict[str, np.ndarray]:
     people = np.asarray(people, dtype=object)
     return {name: np.flatnonzero(people == name) for name in dict.fromkeys(people.tolist())}
+
+
+def distinct_genuine_pairs(people: Sequence[str]) -> int:
+    """How many distinct pairs of photos of one person these labels hold."""
+    return sum(len(rows) * (len(rows) - 1) // 2 for rows in _groups(people).values())
 
 
 def sample_pairs(people: Sequence[str], genuine: int = 3000, impostor: int = 3000,
@@ -34,7 +50,7 @@ def sample_pairs(people: Sequence[str], genuine: int = 3000, impostor: int = 300
     """
     rng = np.random.default_rng(seed)
     groups = [rows for rows in _groups(people).values() if len(rows) > 1]
-    possible = sum(len(r) * (len(r) - 1) // 2 for r in groups)
+    possible = distinct_genuine_pairs(people)
     if possible < genuine:
         raise ValueError(f"These people give only {possible} distinct genuine pairs. Received: genuine={genuine}")
     chosen: set[tuple[int, int]] = set()
@@ -164,5 +180,5 @@ def openset_far_at_frr(embeddings: np.ndarray, people: Sequence[str], frr: float
             "stranger_faces": int(len(owner))}
 
 
-__all__ = ["best_threshold", "kshot_identification", "openset_far_at_frr", "pair_scores", "roc_curve",
-           "sample_pairs", "tar_at_far", "verification_folds"]
+__all__ = ["best_threshold", "distinct_genuine_pairs", "kshot_identification", "l2_normalize", "openset_far_at_frr",
+           "pair_scores", "roc_curve", "sample_pairs", "tar_at_far", "verification_folds"]
