@@ -12,9 +12,15 @@ import pandas as pd
 import pytest
 from conftest import REPO_ROOT, run_in_threads
 
-from tf_models.identity.calibration import calibrate_gallery, calibrate_threshold, far_frr, genuine_impostor_scores
+from tf_models.faces.verification import l2_normalize
+from tf_models.identity.calibration import (
+    calibrate_gallery,
+    calibrate_threshold,
+    far_frr,
+    genuine_impostor_scores,
+)
 from tf_models.identity.embedding import build_gallery_from_table, embed_images, gallery_from_embeddings
-from tf_models.identity.gallery import GALLERY_JSON, GALLERY_NPZ, IdentityGallery, Match, l2_normalize
+from tf_models.identity.gallery import GALLERY_JSON, GALLERY_NPZ, IdentityGallery, Match
 
 STUDENTS = REPO_ROOT / "datasets" / "students" / "sample"
 DIM = 32
