@@ -123,6 +123,21 @@ def test_yaml_config_and_flags(tmp_path):
         TrainConfig(mode="frozen").validate()
 
 
+def test_head_units_flag_takes_widths_or_none_for_a_linear_head(tmp_path):
+    import argparse
+
+    from tf_models.config import add_config_arguments, config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser)
+    path = tmp_path / "run.yaml"
+    path.write_text("head_units: [64]\n")
+    assert config_from_args(parser.parse_args([])).head_units == TrainConfig.head_units
+    assert config_from_args(parser.parse_args(["--head-units", "128", "32"])).head_units == (128, 32)
+    assert config_from_args(parser.parse_args(["--head-units"]), str(path)).head_units == ()  # flag beats YAML
+    assert config_from_args(parser.parse_args([]), str(path)).head_units == (64,)
+
+
 def test_mixed_precision_policy_keeps_float32_outputs(tmp_path):
     keras.mixed_precision.set_dtype_policy("mixed_float16")
     try:

@@ -51,7 +51,7 @@ class TrainConfig:
     mode: str = "transfer"  # transfer | finetune | scratch
     weights: str = "imagenet"  # imagenet | faces (shipped face-pretrained, see --list-backbones) | none | a file
     input_size: tuple[int, int] | None = None  # H W; default: the backbone's own
-    head_units: tuple[int, ...] = (256,)  # hidden Dense widths of the head (REFERENCE_HEAD: 1024 256 64 32)
+    head_units: tuple[int, ...] = (256,)  # hidden Dense widths of the head (none: a linear classifier; REFERENCE_HEAD: 1024 256 64 32)
     head_dropout: float = 0.2  # dropout after each hidden head layer
     finetune_layers: int | None = None  # finetune: number of top backbone layers to train
     finetune_from: str | None = None  # finetune: first trainable backbone layer (default: the top block)
@@ -168,7 +168,8 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
                                 help=f"{help_text} (default: {default})")
         elif typing.get_origin(base) is tuple:
             item = typing.get_args(base)[0]
-            nargs = "+" if typing.get_args(base)[-1] is Ellipsis else len(typing.get_args(base))
+            # a variable-length tuple may be given empty: `--head-units` alone is a linear head
+            nargs = "*" if typing.get_args(base)[-1] is Ellipsis else len(typing.get_args(base))
             parser.add_argument(flag, type=item, nargs=nargs, default=None, metavar="N",
                                 help=f"{help_text} (default: {default})")
         else:
