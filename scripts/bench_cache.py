@@ -24,7 +24,8 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from tf_models.config import TrainConfig  # noqa: E402  (no TensorFlow import: the log level above holds)
+from tf_models.bench.cache import CacheBenchSettings  # noqa: E402  (neither imports TensorFlow: the level above holds)
+from tf_models.config import TrainConfig  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA_DIR = REPO_ROOT.parent / "shared" / "data" / "celeba"
@@ -47,11 +48,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=3, help="passes per mode; pass 1 fills the cache (default: 3)")
     parser.add_argument("--rounds", type=int, default=10,
                         help="side-by-side timed passes of memory and disk (default: %(default)s)")
-    parser.add_argument("--train-steps", type=int, default=150,
+    parser.add_argument("--train-steps", type=int, default=CacheBenchSettings.train_steps,
                         help="timed training steps per mode from pass 2 on; 0: no training (default: %(default)s)")
-    parser.add_argument("--train-warmup", type=int, default=10,
+    parser.add_argument("--train-warmup", type=int, default=CacheBenchSettings.train_warmup,
                         help="untimed training steps before them (default: %(default)s)")
-    parser.add_argument("--train-rounds", type=int, default=5,
+    parser.add_argument("--train-rounds", type=int, default=CacheBenchSettings.train_rounds,
                         help="side by side: rounds the timed training steps of each mode are split into "
                              "(default: %(default)s)")
     parser.add_argument("--work-dir", type=Path, default=None,
@@ -68,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.epochs < 2 or args.rounds < 1:
         raise SystemExit(f"--epochs must be >= 2 (pass 1 fills the cache) and --rounds >= 1. "
                          f"Received: --epochs {args.epochs} --rounds {args.rounds}")
-    from tf_models.bench.cache import CacheBenchSettings, bench_cache, default_work_dir
+    from tf_models.bench.cache import bench_cache, default_work_dir
     from tf_models.benchmarking import display_path
 
     settings = CacheBenchSettings(source_dir=args.data_dir, labels_csv=args.labels_csv, x_col=args.x_col,

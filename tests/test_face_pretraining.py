@@ -114,3 +114,6 @@ def test_progress_pair_accuracy_uses_the_benchmarks_pairs_and_copes_with_few_peo
     noise = pair_accuracy(rng.normal(size=(90, 16)), people, pairs=2000)["pair_accuracy"]
     assert 0.5 <= noise < 0.75  # the best threshold on its own 180 pairs: a little above chance, never near 1
     assert np.isnan(pair_accuracy(vectors, np.array([f"p{k}" for k in range(90)]))["pair_accuracy"])
+    assert np.isnan(pair_accuracy(vectors[:3], np.array(["a"] * 3))["pair_accuracy"])  # one person: no impostors
+    lopsided = pair_accuracy(vectors[:11], np.array(["a"] * 10 + ["b"]))  # 10 impostor pairs only
+    assert 0.0 <= lopsided["pair_accuracy"] <= 1.0

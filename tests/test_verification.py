@@ -36,6 +36,8 @@ def test_sample_pairs_are_distinct_and_labelled_by_person():
     np.testing.assert_array_equal(pairs, again)  # the same pairs on every machine
     with pytest.raises(ValueError, match="distinct genuine pairs"):
         sample_pairs(names, genuine=30 * 15 + 1)
+    with pytest.raises(ValueError, match="only 10 distinct impostor pairs"):  # asked for more than exist: no endless draw
+        sample_pairs(["a"] * 10 + ["b"], genuine=5, impostor=11)
 
 
 def test_separated_people_verify_perfectly_and_noise_is_chance():

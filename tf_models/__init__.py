@@ -9,7 +9,7 @@ TensorFlow. The layers, top to bottom (imports only point down; ``make test`` ch
     serve/      runtimes, export, the served-runtime choice, Predictor   |  train/  training, metrics, compare, crossval
     runs.py     the run folder
     config.py   TrainConfig
-    data/       images on disk -> tables -> tf.data      faces/  detector, framing      models/  backbones, classifier
+    data/       images on disk -> tables -> tf.data      faces/  detector, framing, verification maths      models/  backbones, classifier
     images.py, cpu.py                                    (leaves: no tf_models imports)
 
 ``ARCHITECTURE.md`` at the repository root walks through them.

@@ -51,7 +51,7 @@ class TrainConfig:
     mode: str = "transfer"  # transfer | finetune | scratch
     weights: str = "imagenet"  # imagenet | faces (shipped face-pretrained, see --list-backbones) | none | a file
     input_size: tuple[int, int] | None = None  # H W; default: the backbone's own
-    head_units: tuple[int, ...] = (256,)  # hidden Dense widths of the head (none: a linear classifier; REFERENCE_HEAD: 1024 256 64 32)
+    head_units: tuple[int, ...] = (256,)  # hidden Dense widths of the head (the flag with no value, YAML []: a linear classifier; REFERENCE_HEAD: 1024 256 64 32)
     head_dropout: float = 0.2  # dropout after each hidden head layer
     finetune_layers: int | None = None  # finetune: number of top backbone layers to train
     finetune_from: str | None = None  # finetune: first trainable backbone layer (default: the top block)

@@ -66,9 +66,11 @@ class CacheBenchSettings:
     epochs: int  # passes per mode process; pass 1 fills the cache
     rounds: int  # side-by-side timed passes of memory and disk, after one untimed pass each
     work_dir: Path  # the dataset of links and the disk cache live here (reused)
-    train_steps: int = 150  # timed training steps per mode, from pass 2 on
+    # 300 steps in 10 rounds: the side-by-side ratio is a median of rounds, and this shared machine's speed
+    # moves by 2x within minutes (results/cache/cache.csv, train_side_by_side_s); 5 rounds were too few.
+    train_steps: int = 300  # timed training steps per mode, from pass 2 on
     train_warmup: int = 10  # untimed training steps before them (trace, shuffle buffer)
-    train_rounds: int = 5  # side by side: the timed steps of each mode split into this many rounds
+    train_rounds: int = 10  # side by side: the timed steps of each mode split into this many rounds
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,8 @@
 """How well an embedding tells people apart: verification, K-shot identification, open-set rejection.
 
-Plain numpy on unit embeddings (any embedder: ours, dlib's), the protocols of face-recognition papers,
-here below both the gallery (``tf_models.identity``) and face pretraining's progress figure
-(``tf_models.train``), which measure with the same maths:
+Plain numpy on unit embeddings (any embedder: ours, dlib's), the protocols of face-recognition papers.
+It sits below ``tf_models.identity`` (the gallery) and ``tf_models.train`` (face pretraining's progress
+figure) so that both measure with the same maths:
 
 - :func:`sample_pairs` + :func:`verification_folds`: LFW-style 10-fold verification (threshold chosen
   on 9 folds, accuracy on the 10th) and :func:`tar_at_far` (true accepts at a false-accept rate).
@@ -17,7 +17,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-
 
 
 def l2_normalize(embeddings: np.ndarray) -> np.ndarray:
@@ -40,19 +39,29 @@ def distinct_genuine_pairs(people: Sequence[str]) -> int:
     return sum(len(rows) * (len(rows) - 1) // 2 for rows in _groups(people).values())
 
 
+def distinct_impostor_pairs(people: Sequence[str]) -> int:
+    """How many distinct pairs of photos of two different people these labels hold."""
+    photos = len(people)
+    return photos * (photos - 1) // 2 - distinct_genuine_pairs(people)
+
+
 def sample_pairs(people: Sequence[str], genuine: int = 3000, impostor: int = 3000,
                  seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """(pairs (n, 2) of row indices, same (n,) bool): distinct genuine and impostor pairs.
 
     Genuine pairs are spread over people (a person is drawn first, then two of their photos), so a
     few people with hundreds of photos do not make up the whole test. Raises when the people cannot
-    give that many distinct pairs.
+    give that many distinct pairs of either kind.
     """
     rng = np.random.default_rng(seed)
     groups = [rows for rows in _groups(people).values() if len(rows) > 1]
     possible = distinct_genuine_pairs(people)
     if possible < genuine:
         raise ValueError(f"These people give only {possible} distinct genuine pairs. Received: genuine={genuine}")
+    possible_impostors = distinct_impostor_pairs(people)
+    if possible_impostors < impostor:
+        raise ValueError(f"These people give only {possible_impostors} distinct impostor pairs. "
+                         f"Received: impostor={impostor}")
     chosen: set[tuple[int, int]] = set()
     while len(chosen) < genuine:
         rows = groups[rng.integers(len(groups))]
@@ -180,5 +189,5 @@ def openset_far_at_frr(embeddings: np.ndarray, people: Sequence[str], frr: float
             "stranger_faces": int(len(owner))}
 
 
-__all__ = ["best_threshold", "distinct_genuine_pairs", "kshot_identification", "l2_normalize", "openset_far_at_frr",
+__all__ = ["best_threshold", "distinct_genuine_pairs", "distinct_impostor_pairs", "kshot_identification", "l2_normalize", "openset_far_at_frr",
            "pair_scores", "roc_curve", "sample_pairs", "tar_at_far", "verification_folds"]

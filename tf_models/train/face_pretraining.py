@@ -38,7 +38,8 @@ import yaml
 from tf_models.data.augment import AugmentConfig, build_augmenter
 from tf_models.data.face_sets import identity_disjoint_split, load_face_identities, unit_hash
 from tf_models.faces.crop import CropSettings
-from tf_models.faces.verification import best_threshold, distinct_genuine_pairs, pair_scores, sample_pairs
+from tf_models.faces.verification import (best_threshold, distinct_genuine_pairs, distinct_impostor_pairs, pair_scores,
+                                          sample_pairs)
 from tf_models.images import resize_images
 from tf_models.models.classifier import BACKBONE_LAYER, inference_function
 from tf_models.models.face_embedder import (PROJECTION_BN_LAYER, PROJECTION_LAYER, MarginLogits,
@@ -243,11 +244,11 @@ def pair_accuracy(embeddings: np.ndarray, people: np.ndarray, pairs: int = 2000,
     """Best-threshold accuracy on up to ``pairs`` genuine and as many impostor pairs: a quick progress figure.
 
     The benchmark's pairs and scores (``tf_models.faces.verification``) without its folds: the threshold
-    is chosen on the pairs it is judged on. NaN when no person has two photos."""
-    genuine = min(pairs, distinct_genuine_pairs(people))
-    if genuine == 0:
+    is chosen on the pairs it is judged on. NaN when no person has two photos or there is only one person."""
+    count = min(pairs, distinct_genuine_pairs(people), distinct_impostor_pairs(people))
+    if count == 0:
         return {"pair_accuracy": float("nan"), "threshold": float("nan")}
-    chosen, same = sample_pairs(people, genuine, genuine, seed)
+    chosen, same = sample_pairs(people, count, count, seed)
     scores = pair_scores(embeddings, chosen)
     threshold = best_threshold(scores, same)
     return {"pair_accuracy": float(np.mean((scores >= threshold) == same)), "threshold": threshold}
