@@ -104,16 +104,16 @@ def test_pretraining_resumes_and_writes_the_shipped_format(face_rows, tmp_path, 
         load_embedder_weights(other, run_dir / FACE_WEIGHTS_FILE)
 
 
-def test_progress_pair_accuracy_uses_the_benchmarks_pairs_and_copes_with_few_people():
+def test_progress_pair_accuracy_scores_like_the_benchmark_and_copes_with_few_people():
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(30, 16))
-    people = np.repeat([f"p{k}" for k in range(30)], 3)  # 90 distinct genuine pairs: fewer than asked for
+    people = np.repeat([f"p{k}" for k in range(30)], 3)  # 90 distinct genuine pairs: drawn with replacement
     vectors = np.repeat(centres, 3, axis=0) + 0.05 * rng.normal(size=(90, 16))
     separated = pair_accuracy(vectors / np.linalg.norm(vectors, axis=1, keepdims=True), people, pairs=2000)
     assert separated["pair_accuracy"] == 1.0
     noise = pair_accuracy(rng.normal(size=(90, 16)), people, pairs=2000)["pair_accuracy"]
-    assert 0.5 <= noise < 0.75  # the best threshold on its own 180 pairs: a little above chance, never near 1
+    assert 0.5 <= noise < 0.75  # the best threshold on its own pairs: a little above chance, never near 1
     assert np.isnan(pair_accuracy(vectors, np.array([f"p{k}" for k in range(90)]))["pair_accuracy"])
     assert np.isnan(pair_accuracy(vectors[:3], np.array(["a"] * 3))["pair_accuracy"])  # one person: no impostors
-    lopsided = pair_accuracy(vectors[:11], np.array(["a"] * 10 + ["b"]))  # 10 impostor pairs only
+    lopsided = pair_accuracy(vectors[:11], np.array(["a"] * 10 + ["b"]))  # few impostor pairs: no endless draw
     assert 0.0 <= lopsided["pair_accuracy"] <= 1.0
