@@ -274,3 +274,20 @@ def test_bench_cache_training_rows_and_the_model_alone(tmp_path):
     last = headline(rows, settings, alone)
     assert last.startswith("96 images at 32x32: peak RSS none") and "training img/s from pass 2 on vs memory" in last
     assert f"(the model alone, no dataset: {alone['peak_rss'] / 1e9:.2f} GB; none/disk add " in last
+
+
+def test_side_by_side_ratio_is_paired_by_round():
+    """A mode doing 90% of memory's img/s in the same round reads 90%, even when the machine halves its speed
+    between memory's turn and its own in one round: the ratio of the two median rounds would read 45%."""
+    from tf_models.bench.cache import _paired_ratio, _per_second
+
+    def rounds(images: int, speeds: list[float]) -> list[dict]:
+        return [{"images": images, "seconds": 1.0 / speed} for speed in speeds]
+
+    memory = rounds(100, [1.0, 1.0, 1.0, 0.5, 0.5])
+    none = rounds(90, [1.0, 1.0, 0.5, 0.5, 0.5])  # the slow-down came between the two turns of round 3
+    assert _per_second(none) / _per_second(memory) == pytest.approx(0.45)
+    assert _paired_ratio(none, memory) == pytest.approx(0.9)
+    assert _paired_ratio(memory, memory) == 1.0
+    with pytest.raises(ValueError):  # rounds are paired one to one
+        _paired_ratio(none[:4], memory)

@@ -13,7 +13,8 @@ process builds a small registry model (``TRAIN_BACKBONE`` from scratch, compiled
 and times its training steps on the mode's dataset from the next pass on (W warm-up steps, then S timed
 ones, Keras's own ``train_function`` on the dataset's iterator, as ``fit`` runs it), so that process's peak
 RSS includes the model. The side-by-side process then trains one such model on all three modes in turn,
-round-robin, for the ratios the neighbours' load cannot skew. A last fresh process trains the same model on
+in short rounds (the order reversed every other round), and each ratio to memory is the median of the
+per-round ratios: the neighbours' load, which moves between rounds, cannot skew it. A last fresh process trains the same model on
 one batch held in memory (no dataset at all): the model's own peak RSS, which every mode pays whatever the
 dataset's size, so the table can say what each cache mode adds to it.
 """
@@ -66,11 +67,11 @@ class CacheBenchSettings:
     epochs: int  # passes per mode process; pass 1 fills the cache
     rounds: int  # side-by-side timed passes of memory and disk, after one untimed pass each
     work_dir: Path  # the dataset of links and the disk cache live here (reused)
-    # 300 steps in 10 rounds: the side-by-side ratio is a median of rounds, and this shared machine's speed
-    # moves by 2x within minutes (results/cache/cache.csv, train_side_by_side_s); 5 rounds were too few.
+    # 300 steps in 20 rounds: the side-by-side ratio is a median of per-round ratios, and this shared machine's
+    # speed moves by 2x within minutes (results/cache/cache.csv, train_side_by_side_s): short rounds, many of them.
     train_steps: int = 300  # timed training steps per mode, from pass 2 on
     train_warmup: int = 10  # untimed training steps before them (trace, shuffle buffer)
-    train_rounds: int = 10  # side by side: the timed steps of each mode split into this many rounds
+    train_rounds: int = 20  # side by side: the timed steps of each mode split into this many rounds
 
 
 @dataclass(frozen=True)
@@ -190,8 +191,10 @@ def measure_side_by_side(dataset_dir: str, image_size: list[int], batch_size: in
         for iterator in iterators.values():
             _timed_steps(model, iterator, train_warmup, batch_size)
         timings["train"] = {mode: [] for mode in MODES}
-        for _ in range(train_rounds):
-            for mode in MODES:
+        for round_ in range(train_rounds):
+            # Forward, then backward (memory disk none, none disk memory, ...): a machine speeding up or
+            # slowing down during a pair of rounds favours no mode.
+            for mode in MODES if round_ % 2 == 0 else MODES[::-1]:
                 timings["train"][mode].append(_timed_steps(model, iterators[mode], chunk, batch_size))
     return timings
 
@@ -274,7 +277,7 @@ def summary_rows(per_mode: dict[str, dict], side: dict[str, list], n: int, disk_
         row["train_vs_memory"] = (round(row["train_img_per_s"] / memory["train_img_per_s"], 3)
                                   if row["train_img_per_s"] else None)
         row["train_side_by_side_vs_memory"] = (
-            round(row["train_side_by_side_img_per_s"] / memory["train_side_by_side_img_per_s"], 3)
+            round(_paired_ratio(side_train[row["mode"]], side_train["memory"]), 3)
             if row["train_side_by_side_img_per_s"] else None)
     return rows
 
@@ -282,6 +285,15 @@ def summary_rows(per_mode: dict[str, dict], side: dict[str, list], n: int, disk_
 def _per_second(chunks: list[dict]) -> float:
     """img/s of the median chunk (chunks of equal steps)."""
     return statistics.median(p["images"] / p["seconds"] for p in chunks)
+
+
+def _paired_ratio(chunks: list[dict], reference: list[dict]) -> float:
+    """Median over rounds of a mode's img/s over the reference's img/s in the same round.
+
+    Each round's two figures were measured within seconds of each other, so the machine's drift between rounds
+    (2x within minutes on a shared 2-core machine) cancels, where a ratio of two medians keeps it."""
+    return statistics.median((a["images"] / a["seconds"]) / (b["images"] / b["seconds"])
+                             for a, b in zip(chunks, reference, strict=True))
 
 
 def headline(rows: list[dict], settings: CacheBenchSettings, alone: dict | None = None) -> str:
@@ -376,7 +388,8 @@ def write_results(rows: list[dict], machine: dict[str, str], settings: CacheBenc
         "with the model; img/s counts full batches",
         f"- side by side: in the side-by-side process, one model trains on memory, disk and none in turn: "
         f"{settings.train_warmup} untimed steps each, then {settings.train_rounds} rounds of {chunk} steps per "
-        "mode (median round)",
+        "mode, the order reversed every other round; img/s: the median round; vs memory: the median over rounds "
+        "of the mode's img/s over memory's in the same round (the machine's drift between rounds cancels)",
         *([f"- the model alone: a fresh process trains the same model on one batch of random pixels held in memory "
            f"(no dataset, no cache): peak RSS {alone['peak_rss'] / 1e9:.2f} GB (after build: "
            f"{alone['start_rss'] / 1e9:.2f}), {alone['train']['images'] / alone['train']['seconds']:.0f} img/s. "
