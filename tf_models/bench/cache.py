@@ -14,9 +14,9 @@ and times its training steps on the mode's dataset from the next pass on (W warm
 ones, Keras's own ``train_function`` on the dataset's iterator, as ``fit`` runs it), so that process's peak
 RSS includes the model. The side-by-side process then trains one such model on all three modes in turn,
 in short rounds (the order reversed every other round), and each ratio to memory is the median of the
-per-round ratios: the neighbours' load, which moves between rounds, cannot skew it. A last fresh process trains the same model on
-one batch held in memory (no dataset at all): the model's own peak RSS, which every mode pays whatever the
-dataset's size, so the table can say what each cache mode adds to it.
+per-round ratios: the neighbours' load, which moves between rounds, cannot skew it. A last fresh process
+trains the same model on one batch held in memory (no dataset at all): the model's own peak RSS, which every
+mode pays whatever the dataset's size, so the table can say what each cache mode adds to it.
 """
 
 from __future__ import annotations

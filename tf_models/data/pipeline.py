@@ -124,7 +124,7 @@ def make_dataset(
     # doubled when this changed).
     dataset = dataset.map(
         lambda path, label: (decode_and_resize(path, image_size), label),
-        num_parallel_calls=_parallel_calls(NO_CACHE_DECODES_PER_CORE if not cache else 2),
+        num_parallel_calls=_parallel_calls(NO_CACHE_DECODES_PER_CORE) if not cache else _parallel_calls(),
         deterministic=True,
     )
     if cache:  # in memory
