@@ -40,6 +40,19 @@ def test_sample_pairs_are_distinct_and_labelled_by_person():
         sample_pairs(["a"] * 10 + ["b"], genuine=5, impostor=11)
 
 
+def test_sample_pairs_with_replacement_take_any_count_and_stay_labelled():
+    """The progress figure's draw: more pairs than exist distinct, still one person / two people as labelled."""
+    names = ["a"] * 10 + ["b"]  # 45 distinct genuine pairs, 10 impostor ones
+    pairs, same = sample_pairs(names, genuine=500, impostor=500, seed=2, distinct=False)
+    assert len(pairs) == 1000 and same.sum() == 500
+    assert all(a != b and (names[a] == names[b]) == s for (a, b), s in zip(pairs, same))
+    assert len({tuple(sorted(p)) for p in pairs[~same].tolist()}) <= 10  # repeats: only 10 exist
+    again, _ = sample_pairs(names, genuine=500, impostor=500, seed=2, distinct=False)
+    np.testing.assert_array_equal(pairs, again)
+    with pytest.raises(ValueError, match="only 0 distinct impostor pairs"):  # one person: none at all
+        sample_pairs(["a"] * 5, genuine=3, impostor=1, distinct=False)
+
+
 def test_separated_people_verify_perfectly_and_noise_is_chance():
     vectors, names = _clusters(40, 8, 0.05)
     pairs, same = sample_pairs(names, 500, 500)

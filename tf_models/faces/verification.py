@@ -46,34 +46,43 @@ def distinct_impostor_pairs(people: Sequence[str]) -> int:
 
 
 def sample_pairs(people: Sequence[str], genuine: int = 3000, impostor: int = 3000,
-                 seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """(pairs (n, 2) of row indices, same (n,) bool): distinct genuine and impostor pairs.
+                 seed: int = 0, *, distinct: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """(pairs (n, 2) of row indices, same (n,) bool): genuine and impostor pairs, shuffled together.
 
     Genuine pairs are spread over people (a person is drawn first, then two of their photos), so a
-    few people with hundreds of photos do not make up the whole test. Raises when the people cannot
-    give that many distinct pairs of either kind.
+    few people with hundreds of photos do not make up the whole test. ``distinct`` (the benchmark's
+    pairs): no pair twice, and raises when the people cannot give that many distinct pairs of either
+    kind. Otherwise pairs are drawn with replacement, which stays fast however few distinct pairs
+    there are (a progress figure); it raises only when there is no pair of a kind asked for at all.
     """
     rng = np.random.default_rng(seed)
     groups = [rows for rows in _groups(people).values() if len(rows) > 1]
-    possible = distinct_genuine_pairs(people)
-    if possible < genuine:
-        raise ValueError(f"These people give only {possible} distinct genuine pairs. Received: genuine={genuine}")
-    possible_impostors = distinct_impostor_pairs(people)
-    if possible_impostors < impostor:
-        raise ValueError(f"These people give only {possible_impostors} distinct impostor pairs. "
-                         f"Received: impostor={impostor}")
-    chosen: set[tuple[int, int]] = set()
-    while len(chosen) < genuine:
-        rows = groups[rng.integers(len(groups))]
-        a, b = sorted(rng.choice(rows, 2, replace=False).tolist())
-        chosen.add((a, b))
     people_arr = np.asarray(people, dtype=object)
-    impostors: set[tuple[int, int]] = set()
-    while len(impostors) < impostor:
-        a, b = sorted(rng.integers(0, len(people_arr), 2).tolist())
-        if people_arr[a] != people_arr[b]:
-            impostors.add((a, b))
-    pairs = np.array(sorted(chosen) + sorted(impostors), dtype=np.int64)
+    for kind, asked, possible in (("genuine", genuine, distinct_genuine_pairs(people)),
+                                  ("impostor", impostor, distinct_impostor_pairs(people))):
+        if (asked > possible) if distinct else (asked > 0 and possible == 0):
+            raise ValueError(f"These people give only {possible} distinct {kind} pairs. Received: {kind}={asked}")
+    if distinct:
+        chosen: set[tuple[int, int]] = set()
+        while len(chosen) < genuine:
+            rows = groups[rng.integers(len(groups))]
+            a, b = sorted(rng.choice(rows, 2, replace=False).tolist())
+            chosen.add((a, b))
+        impostors: set[tuple[int, int]] = set()
+        while len(impostors) < impostor:
+            a, b = sorted(rng.integers(0, len(people_arr), 2).tolist())
+            if people_arr[a] != people_arr[b]:
+                impostors.add((a, b))
+        genuine_pairs, impostor_pairs = sorted(chosen), sorted(impostors)
+    else:
+        genuine_pairs = [rng.choice(groups[rng.integers(len(groups))], 2, replace=False) for _ in range(genuine)]
+        impostor_pairs = np.empty((0, 2), np.int64)
+        while len(impostor_pairs) < impostor:
+            drawn = rng.integers(0, len(people_arr), (2 * impostor, 2))
+            drawn = drawn[people_arr[drawn[:, 0]] != people_arr[drawn[:, 1]]]
+            impostor_pairs = np.concatenate([impostor_pairs, drawn])[:impostor]
+    pairs = np.concatenate([np.asarray(genuine_pairs, np.int64).reshape(-1, 2),
+                            np.asarray(impostor_pairs, np.int64).reshape(-1, 2)])
     same = np.r_[np.ones(genuine, bool), np.zeros(impostor, bool)]
     order = rng.permutation(len(pairs))  # folds mix genuine and impostor pairs
     return pairs[order], same[order]

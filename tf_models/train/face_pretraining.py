@@ -38,7 +38,8 @@ import yaml
 from tf_models.data.augment import AugmentConfig, build_augmenter
 from tf_models.data.face_sets import identity_disjoint_split, load_face_identities, unit_hash
 from tf_models.faces.crop import CropSettings
-from tf_models.faces.verification import best_threshold, pair_scores
+from tf_models.faces.verification import (best_threshold, distinct_genuine_pairs, distinct_impostor_pairs, pair_scores,
+                                          sample_pairs)
 from tf_models.images import resize_images
 from tf_models.models.classifier import BACKBONE_LAYER, inference_function
 from tf_models.models.face_embedder import (PROJECTION_BN_LAYER, PROJECTION_LAYER, MarginLogits,
@@ -240,23 +241,15 @@ def _inference(embedder: keras.Model, input_size: tuple[int, int]):
 
 
 def pair_accuracy(embeddings: np.ndarray, people: np.ndarray, pairs: int = 2000, seed: int = 0) -> dict[str, float]:
-    """Best-threshold accuracy on ``pairs`` genuine and up to as many impostor pairs: a quick progress figure.
+    """Best-threshold accuracy on ``pairs`` genuine and as many impostor pairs: a quick progress figure.
 
     Pairs are drawn with replacement (a person, then two of their photos), which stays fast however the
     held-back photos are spread; scores and threshold are the benchmark's (``tf_models.faces.verification``),
     without its folds: the threshold is chosen on the pairs it is judged on. NaN without a person with two
     photos or without a second person."""
-    rng = np.random.default_rng(seed)
-    people = np.asarray(people)
-    groups = [np.flatnonzero(people == name) for name in np.unique(people)]
-    multi = [rows for rows in groups if len(rows) > 1]
-    if not multi or len(groups) < 2:
+    if distinct_genuine_pairs(people) == 0 or distinct_impostor_pairs(people) == 0:
         return {"pair_accuracy": float("nan"), "threshold": float("nan")}
-    genuine = np.array([rng.choice(multi[rng.integers(len(multi))], 2, replace=False) for _ in range(pairs)])
-    impostor = rng.integers(0, len(people), (pairs * 4, 2))
-    impostor = impostor[people[impostor[:, 0]] != people[impostor[:, 1]]][:pairs]
-    chosen = np.concatenate([genuine, impostor])
-    same = np.r_[np.ones(len(genuine), bool), np.zeros(len(impostor), bool)]
+    chosen, same = sample_pairs(people, pairs, pairs, seed, distinct=False)
     scores = pair_scores(embeddings, chosen)
     threshold = best_threshold(scores, same)
     return {"pair_accuracy": float(np.mean((scores >= threshold) == same)), "threshold": threshold}
