@@ -10,17 +10,24 @@ held-out accuracy against a target, and the time it took (wall and CPU per core)
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
 from tf_models.benchmarking import cpu_seconds, display_path, machine_markdown, markdown_table
 from tf_models.config import TrainConfig
+from tf_models.files import atomic_write
+
+if TYPE_CHECKING:  # typing.Self is Python 3.11+; annotations are strings here, so 3.10 never needs it
+    from typing import Self
 
 TARGETS = {"gender": 0.95, "gender_faces": 0.97, "identity": 0.98}  # test accuracy each task must reach
 PACKAGES = ("tensorflow", "keras")
@@ -37,6 +44,57 @@ class QualitySettings:
     resume: bool  # continue an interrupted run instead of starting fresh
 
 
+class RunClock:
+    """Wall and CPU seconds of a benchmark run over all its parts: a run killed and continued with
+    ``--resume`` reports what every part cost, not only the last one.
+
+    The totals live in a small JSON file beside the run folder, rewritten every ``every`` seconds while
+    the run trains (a kill loses at most that much) and when it ends. A fresh run starts from zero, and
+    so does a resumed one whose earlier part finished (there was nothing left to continue).
+    """
+
+    def __init__(self, path: Path, resume: bool, every: float = 30.0):
+        self.path, self.every = Path(path), float(every)
+        earlier = json.loads(self.path.read_text()) if resume and self.path.is_file() else {}
+        if earlier.get("finished"):
+            earlier = {}
+        self.earlier_wall = float(earlier.get("wall_seconds", 0.0))
+        self.earlier_cpu = float(earlier.get("cpu_seconds", 0.0))
+        self.parts = int(earlier.get("parts", 0)) + 1  # processes the run has taken, this one included
+        self._start = self._cpu_start = 0.0
+        self._final: tuple[float, float] | None = None  # the totals when the run ended
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._tick, name="run-clock", daemon=True)
+
+    def __enter__(self) -> Self:
+        self._start, self._cpu_start = time.perf_counter(), cpu_seconds()
+        self._save()
+        self._thread.start()
+        return self
+
+    def __exit__(self, exc_type, *exc_info) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._save(finished=exc_type is None)
+        self._final = self.totals()
+
+    def totals(self) -> tuple[float, float]:
+        """(wall seconds, CPU seconds) so far, earlier parts included; after the run, its totals."""
+        if self._final is not None:
+            return self._final
+        return (self.earlier_wall + time.perf_counter() - self._start,
+                self.earlier_cpu + cpu_seconds() - self._cpu_start)
+
+    def _save(self, finished: bool = False) -> None:
+        wall, cpu = self.totals()
+        atomic_write(self.path, json.dumps({"wall_seconds": wall, "cpu_seconds": cpu, "parts": self.parts,
+                                            "finished": finished}))
+
+    def _tick(self) -> None:
+        while not self._stop.wait(self.every):
+            self._save()
+
+
 def run_task(task: str, recipe: Path, data_dir: Path, settings: QualitySettings, machine: dict[str, str],
              command: str) -> dict:
     """Trains ``task``'s ``recipe`` on ``data_dir`` and returns its table row (accuracy, minutes, target).
@@ -49,18 +107,20 @@ def run_task(task: str, recipe: Path, data_dir: Path, settings: QualitySettings,
     run_dir = settings.runs_dir / task
     if run_dir.exists() and not settings.resume:
         shutil.rmtree(run_dir)  # a leftover backup/ would otherwise resume an old run
+    clock = RunClock(settings.runs_dir / f"{task}.clock.json", settings.resume)
     # Relative paths: they end up in results files, which must not carry this machine's paths.
     config = dataclasses.replace(TrainConfig.load(recipe), data_dir=display_path(data_dir), out=display_path(run_dir))
     if settings.epochs is not None:
         config = dataclasses.replace(config, epochs=settings.epochs)
     print(f"[quality] {task}: {config.backbone} {config.mode} {config.input_size} x {config.epochs} epochs "
           f"on {data_dir}")
-    start, cpu_start = time.perf_counter(), cpu_seconds()
-    metrics = train(config, verbose=2).metrics
-    minutes = (time.perf_counter() - start) / 60
+    with clock:
+        metrics = train(config, verbose=2).metrics
+    wall_seconds, cpu_total = clock.totals()
+    minutes = wall_seconds / 60
     # CPU time / cores: what the run would take on this machine with nobody else on it. Wall time
     # alone depends on how busy the (shared) machine was.
-    idle_minutes = (cpu_seconds() - cpu_start) / len(os.sched_getaffinity(0)) / 60
+    idle_minutes = cpu_total / len(os.sched_getaffinity(0)) / 60
     extra = {}
     if task == "identity":  # the app names people by the gallery: report that accuracy and the open-set rates
         extra = identity_extras(Path(config.out), config, settings.out.parent / "openset" / data_dir.name)
@@ -70,7 +130,8 @@ def run_task(task: str, recipe: Path, data_dir: Path, settings: QualitySettings,
         "test_images": metrics["n"], "accuracy": round(metrics["accuracy"], 4),
         "balanced_accuracy": round(metrics["balanced_accuracy"], 4), "target": target,
         "accuracy_met": metrics["accuracy"] >= target, "wall_minutes": round(minutes, 1),
-        "cpu_minutes_per_core": round(idle_minutes, 1), "budget_minutes": settings.budget_minutes,
+        "cpu_minutes_per_core": round(idle_minutes, 1), "parts": clock.parts,
+        "budget_minutes": settings.budget_minutes,
         "within_budget": min(minutes, idle_minutes) <= settings.budget_minutes,
         "recipe": display_path(recipe), "command": f"`{command}`",
         "date": machine["date (UTC)"], "load_at_start": machine["load average at start (1/5/15 min)"], **extra,
@@ -91,7 +152,9 @@ def write_tables(rows: list[dict], out: Path, machine: dict[str, str]) -> pd.Dat
         "Written by the command in each row. Accuracy on each run's held-out test split (gender: "
         "identity-disjoint; identity: held-out photos of known people). Minutes: wall time of the whole "
         "run (data checks, training, evaluation); cpu_minutes_per_core: the process's CPU time divided by "
-        "the cores, i.e. the wall time on this machine when nobody else uses it (the machine is shared). "
+        "the cores, i.e. the wall time on this machine when nobody else uses it (the machine is shared); "
+        "parts: the processes the run took (more than 1: interrupted and continued with --resume, every "
+        "part's minutes counted). "
         "gender and identity: from scratch, no pretrained weights; gender_faces: fine-tuned from the shipped "
         "face-pretrained weights (weights=\"faces\", no download).\n\n"
         + markdown_table(frame.fillna("")) + "\nMachine of the latest run:\n\n" + machine_markdown(machine),
