@@ -41,6 +41,25 @@ def test_bench_inference_writes_every_runtime_side_by_side(tmp_path, capsys):
 
 
 @pytest.mark.skipif(not (SHARED_DATA / "celeba" / "gender_labels.csv").is_file(), reason="needs ../shared/data")
+def test_bench_inference_times_the_shipped_face_embedder_per_face(tmp_path, capsys):
+    from scripts.bench_inference import main
+
+    assert main(["--face-embedder", "--runtimes", "keras-predict,compiled,onnx", "--repeats", "2", "--batch", "2",
+                 "--batch-repeats", "1", "--out", str(tmp_path)]) == 0
+    rows = _rows(tmp_path / "bench_inference.csv")
+    assert {r["backbone"] for r in rows} == {"mobilenetv2"} and {r["input"] for r in rows} == {"112x112"}
+    served = [r for r in rows if r["served"] == "True"]
+    assert [r["runtime"] for r in served] != ["keras-predict"] and len(served) == 1  # never the baseline
+    assert float(served[0]["p50_ms"]) == min(float(r["p50_ms"]) for r in rows if r["runtime"] in ("compiled", "onnx"))
+    markdown = (tmp_path / "bench_inference.md").read_text(encoding="utf-8")
+    assert "--face-embedder" in markdown and "mirror view" in markdown
+    headline = capsys.readouterr().out.strip().splitlines()[-1]
+    assert headline.startswith("face embedder served on ") and f"{served[0]['runtime']} " in headline
+    assert "ms a face" in headline and "target <= 10 ms" in headline
+    with pytest.raises(SystemExit):  # no face weights for alexnet: a usage error naming the ones that have them
+        main(["--face-embedder", "--backbones", "alexnet", "--out", str(tmp_path)])
+
+
 def test_bench_pipeline_measures_legacy_and_ours_on_the_same_images(tmp_path, capsys):
     from scripts.bench_pipeline import main
 

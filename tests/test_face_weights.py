@@ -140,3 +140,44 @@ def test_the_benchmark_serves_an_npz_as_the_package_serves_its_own(tmp_path):
                                build_face_embedder("mobilenetv2")(pixels).numpy(), atol=1e-6)
     with pytest.raises(FileNotFoundError, match="Received"):
         served_embedder(tmp_path / "missing.npz")
+
+
+@pytest.mark.slow
+def test_the_face_embedder_is_served_by_the_fastest_checked_export_and_a_damaged_one_is_made_again(tmp_path,
+                                                                                                    monkeypatch):
+    import json
+
+    from tf_models.serve import serving
+    from tf_models.serve.predictor import Predictor
+
+    monkeypatch.setenv("TF_MODELS_CACHE", str(tmp_path))
+    faces = np.random.default_rng(3).uniform(0, 255, (3, 112, 112, 3)).astype(np.float32)
+    compiled = Predictor.from_face_weights(FACES_BACKBONE, runtime="compiled")
+    probabilities, expected = compiled.runtime(faces)
+    assert probabilities.shape == (3, 0) and compiled.embeds_only
+
+    served = Predictor.from_face_weights(FACES_BACKBONE)  # auto: every float32 candidate built, checked, timed
+    (choice_file,) = (tmp_path / serving.EMBEDDER_EXPORTS_DIR).glob(f"*/{serving.CHOICE_FILE}")
+    choice = json.loads(choice_file.read_text())
+    assert served.runtime.name == choice["runtime"] == min(choice["median_ms"], key=choice["median_ms"].get)
+    assert set(choice["median_ms"]) | set(choice["excluded"]) == set(choice["candidates"]) >= {"onnx", "compiled"}
+    np.testing.assert_allclose(served.runtime(faces)[1], expected, atol=serving.EMBEDDER_MAX_DIFFERENCE)
+
+    # The next start serves the recorded choice without exporting anything again.
+    def no_export(*args, **kwargs):
+        raise AssertionError("a cached export was made again")
+
+    monkeypatch.setattr(serving, "export_keras", no_export)
+    assert Predictor.from_face_weights(FACES_BACKBONE).runtime.name == choice["runtime"]
+    monkeypatch.undo()
+    monkeypatch.setenv("TF_MODELS_CACHE", str(tmp_path))
+
+    # A damaged export (a copy cut short) is made again, with a warning, never served.
+    onnx_file = choice_file.parent / "onnx-serving" / "model.onnx"
+    onnx_file.write_bytes(onnx_file.read_bytes()[:1000])
+    with pytest.warns(UserWarning, match="cannot serve"):
+        repaired = Predictor.from_face_weights(FACES_BACKBONE, runtime="onnx")
+    np.testing.assert_allclose(repaired.runtime(faces)[1], expected, atol=serving.EMBEDDER_MAX_DIFFERENCE)
+    assert onnx_file.stat().st_size > 1_000_000
+    with pytest.raises(ValueError, match="int8's parity check"):
+        serving.serve_face_embedder(build_face_embedder(FACES_BACKBONE), "0" * 64, "onnx-int8")

@@ -239,7 +239,7 @@ def identity_from_run(identity_dir: Path, state_dir: str | Path, target_far: flo
     folder, label = gallery_folder(state_dir, identity_dir), str(identity_dir)
     if choice == "run" or info.get("calibration") is None:
         return run, gallery, info, folder, label
-    faces = Predictor.from_face_weights(FACE_EMBEDDER_BACKBONE)
+    faces = Predictor.from_face_weights(FACE_EMBEDDER_BACKBONE, runtime=runtime)
     faces_folder = folder.with_name(f"{folder.name}-faces-{FACE_EMBEDDER_BACKBONE}")
     faces_gallery, faces_info = load_or_build_gallery(identity_dir, state_dir, target_far, embedder=faces,
                                                       folder=faces_folder)
@@ -297,7 +297,7 @@ class FaceService:
         gender = Predictor.from_run(gender_dir, runtime=runtime, top_k=1)
         state = Path(state_dir)
         if identity_run is None:  # the shipped face embedder: people are enrolled, nothing is trained
-            identity = Predictor.from_face_weights(FACE_EMBEDDER_BACKBONE)
+            identity = Predictor.from_face_weights(FACE_EMBEDDER_BACKBONE, runtime=runtime)
             gallery, gallery_info, folder = load_face_gallery(state_dir, FACE_EMBEDDER_BACKBONE)
             identity_label = f"faces:{FACE_EMBEDDER_BACKBONE} (shipped face embedder)"
         else:

@@ -27,11 +27,18 @@ from tf_models.models.classifier import build_classifier, with_embedding
 from tf_models.runs import MODEL_FILE
 from tf_models.serve.export import MODEL_FILES
 from tf_models.serve.runtimes import EXPORTED_RUNTIMES
-from tf_models.serve.serving import CANDIDATE_RUNTIMES, fastest, make_runtime, time_runtimes
+from tf_models.serve.serving import (
+    CANDIDATE_RUNTIMES,
+    EMBEDDER_CANDIDATES,
+    fastest,
+    make_runtime,
+    time_runtimes,
+)
 
 WARMUP = 3
 CALIBRATION_FACES = 32  # onnx-int8 activation ranges; timing does not depend on how many
 TARGET_RATIO = 5.0  # the served path must be at least this many times faster than model.predict
+FACE_TARGET_MS = 10.0  # a face embedder serves one face (with its mirror view) within this on 2 cores
 PACKAGES = ("tensorflow", "keras", "numpy", "onnxruntime", "tf2onnx", "onnx", "ai-edge-litert")
 COLUMNS = ("backbone", "input", "params", "keras_mb", "runtime", "file_mb", "p50_ms", "p90_ms",
            "batch", "images_per_s", "speedup", "served", "note")
@@ -46,6 +53,7 @@ class InferenceSettings:
     batch: int  # batch size of the throughput measurement
     repeats: int  # timed single-image calls per runtime
     batch_repeats: int  # timed batches per runtime
+    face_embedder: bool = False  # the shipped face embedders (weights="faces") instead of random classifiers
 
 
 def calibration_faces(sample_dir: Path, input_size: tuple[int, int], count: int = CALIBRATION_FACES) -> np.ndarray:
@@ -65,19 +73,30 @@ def _without_local_paths(message: str, workdir: Path) -> str:
 
 
 def bench_backbone(name: str, runtimes: list[str], batch: int, repeats: int, batch_repeats: int,
-                   workdir: Path, calibration_dir: Path) -> list[dict]:
-    """One row per runtime for backbone ``name`` (int8 calibrated on the faces in ``calibration_dir``)."""
+                   workdir: Path, calibration_dir: Path, *, face_embedder: bool = False) -> list[dict]:
+    """One row per runtime for backbone ``name`` (int8 calibrated on the faces in ``calibration_dir``).
+
+    ``face_embedder``: the shipped face embedder of ``name`` (``weights="faces"``, the mirror view, as the
+    app serves it) instead of a random-weight classifier; "served" is then the fastest of
+    :data:`~tf_models.serve.serving.EMBEDDER_CANDIDATES` (float32 only, as for embedders).
+    """
     import keras
 
     keras.backend.clear_session()
     spec = get_backbone(name)
-    model = build_classifier(name, 2, spec.default_input, mode="scratch", weights="none")
+    if face_embedder:
+        from tf_models.models.face_embedder import build_face_embedder
+
+        model, candidates = build_face_embedder(name), EMBEDDER_CANDIDATES
+    else:
+        model, candidates = build_classifier(name, 2, spec.default_input, mode="scratch", weights="none"), CANDIDATE_RUNTIMES
+    input_size = tuple(int(v) for v in model.input_shape[1:3])
     serving = with_embedding(model)
     folder = workdir / name
     folder.mkdir(parents=True, exist_ok=True)
     model.save(folder / MODEL_FILE)
     keras_mb = (folder / MODEL_FILE).stat().st_size / 2**20
-    representative = calibration_faces(calibration_dir, spec.default_input) if "onnx-int8" in runtimes else None
+    representative = calibration_faces(calibration_dir, input_size) if "onnx-int8" in runtimes else None
     engines, failed = {}, {}
     for runtime in runtimes:  # each exported runtime in its own folder: two ONNX files must not collide
         (folder / runtime).mkdir(exist_ok=True)
@@ -87,8 +106,8 @@ def bench_backbone(name: str, runtimes: list[str], batch: int, repeats: int, bat
             failed[runtime] = f"{type(err).__name__}: {_without_local_paths(str(err).splitlines()[0], workdir)[:160]}"
             tqdm.write(f"{name}/{runtime}: could not be built ({failed[runtime]})")
     rng = np.random.default_rng(0)
-    one = rng.uniform(0, 255, (1, *spec.default_input, 3)).astype(np.float32)
-    many = rng.uniform(0, 255, (batch, *spec.default_input, 3)).astype(np.float32)
+    one = rng.uniform(0, 255, (1, *input_size, 3)).astype(np.float32)
+    many = rng.uniform(0, 255, (batch, *input_size, 3)).astype(np.float32)
 
     for engine in engines.values():  # the batch path warms up too (ONNX Runtime plans per shape)
         engine(many)
@@ -101,23 +120,22 @@ def bench_backbone(name: str, runtimes: list[str], batch: int, repeats: int, bat
             batched[runtime].append(time.perf_counter() - start)
 
     baseline = statistics.median(single["keras-predict"]) if "keras-predict" in single else None
-    candidates = {r: statistics.median(single[r]) for r in engines if r in CANDIDATE_RUNTIMES}
-    served = fastest(candidates) if candidates else None  # e.g. --runtimes keras-predict alone
-    rows = [{"backbone": name, "input": "x".join(map(str, spec.default_input)), "params": int(model.count_params()),
-             "keras_mb": round(keras_mb, 1), "runtime": runtime, "file_mb": "", "p50_ms": "", "p90_ms": "",
-             "batch": batch, "images_per_s": "", "speedup": "", "served": False, "note": note}
-            for runtime, note in failed.items()]
+    medians = {r: statistics.median(single[r]) for r in engines if r in candidates}
+    served = fastest(medians) if medians else None  # e.g. --runtimes keras-predict alone
+    common = {"backbone": name, "input": "x".join(map(str, input_size)), "params": int(model.count_params()),
+              "keras_mb": round(keras_mb, 1), "batch": batch}
+    rows = [{**common, "runtime": runtime, "file_mb": "", "p50_ms": "", "p90_ms": "", "images_per_s": "",
+             "speedup": "", "served": False, "note": note} for runtime, note in failed.items()]
     for runtime in engines:
         exported = EXPORTED_RUNTIMES.get(runtime)
         file_path = folder / runtime / MODEL_FILES[exported[0]] if exported else folder / MODEL_FILE
         p50 = statistics.median(single[runtime])
         rows.append({
-            "backbone": name, "input": "x".join(map(str, spec.default_input)),
-            "params": int(model.count_params()), "keras_mb": round(keras_mb, 1), "runtime": runtime,
-            "file_mb": round(file_path.stat().st_size / 2**20, 1), "p50_ms": round(p50, 2),
-            "p90_ms": round(percentiles(single[runtime])["p90_ms"], 2), "batch": batch,
+            **common, "runtime": runtime, "file_mb": round(file_path.stat().st_size / 2**20, 1),
+            "p50_ms": round(p50, 2), "p90_ms": round(percentiles(single[runtime])["p90_ms"], 2),
             "images_per_s": round(batch / statistics.median(batched[runtime]), 1),
-            "speedup": round(baseline / p50, 2) if baseline else "", "served": runtime == served, "note": "",
+            "speedup": round(baseline / p50, 2) if baseline else "", "served": runtime == served,
+            "note": "" if runtime in candidates or not face_embedder else "not served for an embedder",
         })
     return sorted(rows, key=lambda row: runtimes.index(row["runtime"]))
 
@@ -138,6 +156,18 @@ def served_headline(rows: list[dict], info: dict[str, str]) -> str:
             f"{met}/{len(served_rows)} backbones")
 
 
+def face_embedder_headline(rows: list[dict], info: dict[str, str]) -> str:
+    """Per shipped face embedder: the served runtime's milliseconds per face against the target."""
+    parts = []
+    for row in (r for r in rows if r["served"]):
+        compiled = next((r for r in rows if r["backbone"] == row["backbone"] and r["runtime"] == "compiled"), None)
+        parts.append(f"{row['backbone']} {row['input']}: {row['runtime']} {row['p50_ms']:.1f} ms a face"
+                     + (f" (compiled {compiled['p50_ms']:.1f} ms)" if compiled and compiled is not row else "")
+                     + f", target <= {FACE_TARGET_MS:g} ms: {'met' if row['p50_ms'] <= FACE_TARGET_MS else 'not met'}")
+    return (f"face embedder served on {info['cpu']} [{info['cpu flags (speed-relevant)']}], one face with its "
+            f"mirror view: " + ("; ".join(parts) or "no served runtime measured"))
+
+
 def write_csv(rows: list[dict], info: dict[str, str], path: Path) -> None:
     """bench_inference.csv: the machine as ``#`` comment lines, then one row per backbone and runtime."""
     with path.open("w", newline="", encoding="utf-8") as handle:
@@ -151,16 +181,23 @@ def write_markdown(rows: list[dict], info: dict[str, str], settings: InferenceSe
                    headline: str, path: Path) -> None:
     """bench_inference.md: the setup, the machine, the headline, the side-by-side p50 table and all figures."""
     runtimes = settings.runtimes
-    lines = ["# Inference time per backbone and runtime", "",
-             (f"Made by `scripts/bench_inference.py --backbones {','.join(settings.backbones)} --runtimes "
-             f"{','.join(runtimes)} --batch {settings.batch} --repeats {settings.repeats} --batch-repeats "
-             f"{settings.batch_repeats}`. Random weights, 2 classes, default head, each backbone at its default "
-             f"input; both outputs (probabilities + embedding). Latency: one image, p50/p90 over "
+    candidates = EMBEDDER_CANDIDATES if settings.face_embedder else CANDIDATE_RUNTIMES
+    command = (f"scripts/bench_inference.py{' --face-embedder' if settings.face_embedder else ''} --backbones "
+               f"{','.join(settings.backbones)} --runtimes {','.join(runtimes)} --batch {settings.batch} --repeats "
+               f"{settings.repeats} --batch-repeats {settings.batch_repeats}")
+    what = ("The shipped face embedders (`weights=\"faces\"`) as the app serves them: each face with its mirror "
+            "view, the unit embedding out; served path: the fastest float32 runtime (an embedder has no classes "
+            "for the int8 parity gate)" if settings.face_embedder else
+            "Random weights, 2 classes, default head, each backbone at its default input; both outputs "
+            "(probabilities + embedding)")
+    lines = [f"# Inference time per {'face embedder' if settings.face_embedder else 'backbone'} and runtime", "",
+             (f"Made by `{command}`. {what}. Latency: one image, p50/p90 over "
              f"{settings.repeats} calls after {WARMUP} warm-up calls, runtimes interleaved. Throughput: "
              f"batch {settings.batch}, median of {settings.batch_repeats}. `speedup` = keras-predict p50 / runtime "
              "p50. Served path: per backbone, the runtime the Predictor's default (`auto`) would serve on this "
-             f"machine, the fastest of {', '.join(r for r in CANDIDATE_RUNTIMES if r in runtimes)} here "
-             "(the int8 parity gate applies to trained runs; these have random weights)."), "",
+             f"machine, the fastest of {', '.join(r for r in candidates if r in runtimes)} here"
+             + ("." if settings.face_embedder else
+                " (the int8 parity gate applies to trained runs; these have random weights).")), "",
              "| machine | |", "|---|---|"]
     lines += [f"| {key} | {value} |" for key, value in info.items()]
     lines += ["", f"**{headline}**", "", "## Single-image latency p50 (ms), side by side", ""]
@@ -210,13 +247,13 @@ def bench_inference(settings: InferenceSettings, out: Path, calibration_dir: Pat
     with tempfile.TemporaryDirectory(prefix="bench_inference_") as tmp:
         for name in tqdm(settings.backbones, desc="backbones", unit="backbone"):
             rows += bench_backbone(name, settings.runtimes, settings.batch, settings.repeats, settings.batch_repeats,
-                                   Path(tmp), calibration_dir)
+                                   Path(tmp), calibration_dir, face_embedder=settings.face_embedder)
             tqdm.write(" ".join(f"{r['backbone']}/{r['runtime']} {r['p50_ms'] or 'n/a'} ms"
                                 for r in rows[-len(settings.runtimes):]))
 
     out.mkdir(parents=True, exist_ok=True)
     write_csv(rows, info, out / "bench_inference.csv")
-    text = served_headline(rows, info)
+    text = face_embedder_headline(rows, info) if settings.face_embedder else served_headline(rows, info)
     write_markdown(rows, info, settings, text, out / "bench_inference.md")
     plot(rows, settings, out / "bench_inference.png")
     return text

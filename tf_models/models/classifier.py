@@ -294,10 +294,17 @@ def with_embedding(model: keras.Model) -> keras.Model:
     The embedding is the penultimate layer (the input of the softmax layer), L2-normalised in
     float32: what open-set identity compares with cosine similarity. Weights are shared with
     ``model``; nothing is copied. A model that already has both outputs is returned as is, so
-    callers (predictor, export, gallery) can pass either form.
+    callers (predictor, export, gallery) can pass either form. A face embedder
+    (:func:`~tf_models.models.face_embedder.build_face_embedder`) has no classes: its served form is its
+    one output named ``embedding`` (the runtimes answer it with N x 0 probabilities).
     """
-    if isinstance(model.output, dict) and set(model.output) == set(EMBEDDING_OUTPUTS):
+    from tf_models.models.face_embedder import is_face_embedder  # it builds on this module
+
+    if isinstance(model.output, dict) and EMBEDDING_OUTPUTS[1] in model.output \
+            and set(model.output) <= set(EMBEDDING_OUTPUTS):
         return model
+    if is_face_embedder(model):
+        return keras.Model(model.inputs, {EMBEDDING_OUTPUTS[1]: model.outputs[0]}, name=f"{model.name}_served")
     # The input of the output layer's call in *this* graph: a layer shared with another model (the plain
     # classifier inside mirror_averaged) has a call per model, and ``layer.input`` names the first one's.
     output_layer, node_index, _ = model.outputs[0]._keras_history

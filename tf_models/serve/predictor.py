@@ -35,7 +35,7 @@ from tf_models.faces.framing import FaceFramer
 from tf_models.images import ImageReadError, read_image, to_rgb
 from tf_models.serve.export import load_export_runtime, read_export_info
 from tf_models.serve.runtimes import Runtime
-from tf_models.serve.serving import AUTO, RUNTIME_CHOICES, serve_run
+from tf_models.serve.serving import AUTO, RUNTIME_CHOICES, serve_face_embedder, serve_run
 
 
 def default_runtime() -> str:
@@ -127,19 +127,23 @@ class Predictor:
                    whole_image_if_no_face=whole_image_if_no_face, batch_size=batch_size)
 
     @classmethod
-    def from_face_weights(cls, backbone: str = "mobilenetv2", *, batch_size: int | None = None) -> Predictor:
+    def from_face_weights(cls, backbone: str = "mobilenetv2", *, runtime: str | None = None,
+                          batch_size: int | None = None) -> Predictor:
         """Serves the shipped face embedder (``weights="faces"``): embeddings only, no classes.
 
         Faces are cut out as face pretraining cut them (the default :class:`CropSettings`, aligned
         or not as the weights' registry row says), so a gallery of these embeddings needs no training run at all.
+        ``runtime``: default ``auto``, the fastest float32 runtime on this CPU
+        (:func:`~tf_models.serve.serving.serve_face_embedder`); ``onnx-int8`` is served as ``onnx``.
         """
         from tf_models.models.backbones import get_backbone
         from tf_models.models.face_embedder import build_face_embedder
-        from tf_models.serve.runtimes import CompiledEmbedderRuntime
 
         spec = get_backbone(backbone)
-        runtime = CompiledEmbedderRuntime(build_face_embedder(spec.name))
-        return cls(runtime, [], spec.faces.input_size, CropSettings(align=spec.faces.aligned), batch_size=batch_size)
+        embedder = build_face_embedder(spec.name)  # no face weights for this backbone: says which have them
+        runtime = "onnx" if runtime == "onnx-int8" else runtime  # the int8 check needs classes
+        engine = serve_face_embedder(embedder, spec.faces.sha256, runtime)
+        return cls(engine, [], spec.faces.input_size, CropSettings(align=spec.faces.aligned), batch_size=batch_size)
 
     @property
     def embeds_only(self) -> bool:

@@ -1,7 +1,8 @@
 """Runtimes: one call signature over every engine a model can be served with.
 
 A runtime maps float32 ``N x H x W x 3`` raw images (0..255) to ``(probabilities, embeddings)``,
-the two outputs of :func:`tf_models.models.classifier.with_embedding`:
+the two outputs of :func:`tf_models.models.classifier.with_embedding` (a face embedder's probabilities are
+N x 0: it has no classes):
 
 - ``onnx-int8``: ONNX Runtime on an int8 ONNX export (see :func:`tf_models.serve.export.quantize_onnx_int8`).
 - ``onnx``: ONNX Runtime on a float32 ONNX export (outputs equal Keras's to ~1e-5).
@@ -40,8 +41,11 @@ class Runtime(Protocol):
 
 
 def _split(outputs: Any) -> tuple[np.ndarray, np.ndarray]:
-    return (np.asarray(outputs["probabilities"], dtype=np.float32),
-            np.asarray(outputs["embedding"], dtype=np.float32))
+    """(probabilities, embeddings); a face embedder has no classes: N x 0 probabilities."""
+    embeddings = np.asarray(outputs["embedding"], dtype=np.float32)
+    if "probabilities" not in outputs:
+        return np.zeros((len(embeddings), 0), np.float32), embeddings
+    return np.asarray(outputs["probabilities"], dtype=np.float32), embeddings
 
 
 class CompiledRuntime:
@@ -64,21 +68,6 @@ class CompiledRuntime:
 
     def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return _split({k: v.numpy() for k, v in self._fn(images).items()})
-
-
-class CompiledEmbedderRuntime:
-    """A face embedder (:func:`tf_models.models.face_embedder.build_face_embedder`) as a runtime: no
-    class probabilities (an N x 0 array), the unit embeddings. One ``tf.function`` for any batch."""
-
-    name = "compiled"
-
-    def __init__(self, model: keras.Model) -> None:
-        self.model = model
-        self._fn = inference_function(model, model.input_shape[1:3])
-
-    def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        embeddings = np.asarray(self._fn(images), dtype=np.float32)
-        return np.zeros((len(embeddings), 0), np.float32), embeddings
 
 
 class KerasPredictRuntime:
@@ -178,7 +167,6 @@ def file_runtime(runtime: str, path: Path) -> Runtime:
 __all__ = [
     "EXPORTED_RUNTIMES",
     "RUNTIMES",
-    "CompiledEmbedderRuntime",
     "CompiledRuntime",
     "KerasPredictRuntime",
     "OnnxRuntime",

@@ -12,6 +12,11 @@ model measures again. A named runtime (``--runtime``) is always served as asked.
 
 Exports are made once and cached in ``RUN_DIR/exports/<runtime>-serving/`` (re-made when
 ``model.keras`` changes); a read-only run folder converts into a temporary folder instead.
+
+The shipped face embedder (``weights="faces"``, the app's identity when no run is given) is served the
+same way by :func:`serve_face_embedder`, among float32 runtimes only, with its exports and choice in
+the user cache: ONNX Runtime or LiteRT answer a face in a quarter of the compiled function's time on
+2-core x86 CPUs (``results/inference/face_embedder/``).
 """
 
 from __future__ import annotations
@@ -19,10 +24,13 @@ from __future__ import annotations
 import atexit
 import errno
 import functools
+import hashlib
 import json
+import os
 import shutil
 import statistics
 import tempfile
+import threading
 import time
 import warnings
 from datetime import datetime, timezone
@@ -33,8 +41,10 @@ from typing import Any
 import keras
 import numpy as np
 
-from tf_models.files import atomic_write
 from tf_models.cpu import cpu_identity, describe_cpu
+from tf_models.data.filescan import default_cache_dir
+from tf_models.files import atomic_write
+from tf_models.models.classifier import with_embedding
 from tf_models.runs import RunFiles, file_sha1
 from tf_models.serve.export import MODEL_FILES, calibration_inputs, export_keras, int8_inputs, measure_parity
 from tf_models.serve.runtimes import (
@@ -64,6 +74,10 @@ STAMP_FILE = "source_model.sha1"
 # which saturate on AVX2-only CPUs) is made again, even for the same model.keras.
 INT8_RECIPE = "onnx-int8: static QDQ, per-channel 7-bit weights, uint8 activations"
 CHOICE_FILE = "runtime_choice.json"
+# What "auto" chooses among for a face embedder: float32 only (int8's parity check compares class labels).
+EMBEDDER_CANDIDATES = ("onnx", "tflite", "compiled")
+EMBEDDER_EXPORTS_DIR = "face_embedder_exports"  # under the user cache (default_cache_dir())
+EMBEDDER_MAX_DIFFERENCE = 1e-3  # an export's embedding components may differ from Keras's by this much
 TIMING_WARMUP = 3
 TIMING_REPEATS = 15
 
@@ -88,8 +102,6 @@ def make_runtime(runtime: str, model: keras.Model, workdir: str | Path | None = 
     temporary folder). ``onnx-int8`` calibrates on ``representative`` (float32 N x H x W x 3 inputs,
     ~100 real framed faces); :func:`serve_run` finds them in the run's data itself.
     """
-    from tf_models.models.classifier import with_embedding
-
     check_runtime(runtime)
     serving = with_embedding(model)
     if runtime == "compiled":
@@ -145,6 +157,80 @@ def serve_run(run: RunFiles, model: keras.Model, runtime: str | None = None) -> 
     return make_runtime(runtime, model)
 
 
+def serve_face_embedder(embedder: keras.Model, weights_sha256: str, runtime: str | None = None) -> Runtime:
+    """The runtime serving a face embedder (``build_face_embedder``; ``weights_sha256`` names its weights):
+    ``runtime`` or, by default, the fastest of :data:`EMBEDDER_CANDIDATES` on this CPU.
+
+    As for runs, the choice is measured once per CPU and recorded. Exports are made once, into the user
+    cache (:data:`EMBEDDER_EXPORTS_DIR`; the package folder may be read-only), and each one is checked
+    against the Keras model every time it is loaded: its embeddings may differ by round-off only.
+    """
+    runtime = runtime or AUTO
+    allowed = (AUTO, *EMBEDDER_CANDIDATES, "keras-predict")
+    if runtime not in allowed:
+        raise ValueError(f"A face embedder is served with one of {allowed} (int8's parity check needs class "
+                         f"labels, which an embedder has none of). Received: runtime={runtime!r}")
+    served = with_embedding(embedder)
+    # The graph by its layers (named by build_face_embedder, so stable from one start to the next; a
+    # get_config would carry Keras's per-process name counters) and its input: mirror view or not, size.
+    layers = [(layer.name, type(layer).__name__) for layer in embedder.layers] + [list(embedder.input_shape)]
+    architecture = hashlib.sha1(json.dumps(layers).encode()).hexdigest()
+    folder = default_cache_dir() / EMBEDDER_EXPORTS_DIR / f"{weights_sha256[:16]}-{architecture[:8]}"
+    build = functools.partial(_embedder_runtime, served=served, folder=folder)
+    if runtime != AUTO:
+        return build(runtime)
+    size = tuple(int(v) for v in served.input_shape[1:3])
+    candidates = [name for name in installed_runtimes() if name in EMBEDDER_CANDIDATES]
+    return _measured_choice(embedder.name, folder / CHOICE_FILE, {"cpu": cpu_identity(), "candidates": candidates},
+                            build, lambda: _timing_faces(size, 1))
+
+
+def _embedder_runtime(name: str, *, served: keras.Model, folder: Path) -> Runtime:
+    """``name`` for the served form of a face embedder; an exported one from ``folder`` (made once), checked."""
+    if name not in EXPORTED_RUNTIMES:
+        return make_runtime(name, served)
+    fmt, _ = EXPORTED_RUNTIMES[name]
+    path = folder / f"{name}-serving" / MODEL_FILES[fmt]
+    if path.is_file():
+        try:
+            return _checked_embedder_export(name, path, served)
+        except Exception as err:  # noqa: BLE001  damaged (a full disk, a copy cut short) or wrong: made again
+            warnings.warn(f"The cached {name} face embedder {path} cannot serve ({type(err).__name__}: "
+                          f"{str(err)[:200]}); making it again.", stacklevel=3)
+    try:
+        # Written beside its final name, then renamed: a start killed mid-export, or two starts at
+        # once, never leave a half-written model where the next start would load it.
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".{os.getpid()}-{threading.get_ident()}.{path.name}")
+        try:
+            export_keras(served, fmt, partial)
+            os.replace(partial, path)
+        finally:
+            partial.unlink(missing_ok=True)
+    except OSError as err:
+        if err.errno not in _READ_ONLY_ERRORS:
+            raise
+        path = export_keras(served, fmt, _scratch_folder() / path.name)  # a read-only cache
+    return _checked_embedder_export(name, path, served)
+
+
+def _checked_embedder_export(name: str, path: Path, served: keras.Model) -> Runtime:
+    """The runtime on ``path``, once its embeddings match the Keras model's up to round-off."""
+    engine = file_runtime(name, path)
+    probe = _timing_faces(tuple(int(v) for v in served.input_shape[1:3]), 4)
+    difference = float(np.abs(engine(probe)[1] - CompiledRuntime(served)(probe)[1]).max())
+    if difference > EMBEDDER_MAX_DIFFERENCE:
+        raise ValueError(f"its embeddings are up to {difference:.2g} away from the Keras model's "
+                         f"(allowed: {EMBEDDER_MAX_DIFFERENCE:g})")
+    return engine
+
+
+def _timing_faces(size: tuple[int, int], count: int) -> np.ndarray:
+    """``count`` fixed noise images of ``size``: a float32 runtime's time and round-off do not depend on
+    what the pixels show (int8 ones do, and are never served for an embedder)."""
+    return np.random.default_rng(0).uniform(0, 255, (count, *size, 3)).astype(np.float32)
+
+
 # ---------------------------------------------------------------------------------------------
 # The choice by measurement
 # ---------------------------------------------------------------------------------------------
@@ -152,48 +238,56 @@ def serve_run(run: RunFiles, model: keras.Model, runtime: str | None = None) -> 
 
 def _chosen_runtime(run: RunFiles, model: keras.Model) -> Runtime:
     """The runtime recorded for this CPU and model in ``runtime_choice.json``, or a new measurement."""
-    key = {"cpu": cpu_identity(), "source_model_sha1": file_sha1(run.model_path),
-           "candidates": installed_runtimes()}
-    choice_path = run.exports_dir / CHOICE_FILE
+    size = tuple(int(v) for v in model.input_shape[1:3])
+    return _measured_choice(
+        str(run.run_dir), run.exports_dir / CHOICE_FILE,
+        {"cpu": cpu_identity(), "source_model_sha1": file_sha1(run.model_path), "candidates": installed_runtimes()},
+        lambda name: _build(run, model, name),
+        lambda: calibration_inputs(run, size, limit=1))  # one real framed face: what a request carries
+
+
+def _measured_choice(label: str, choice_path: Path, key: dict[str, Any], build: Callable[[str], Runtime],
+                     face: Callable[[], np.ndarray]) -> Runtime:
+    """The runtime recorded in ``choice_path`` under ``key`` (this CPU, this model, these candidates), or
+    the fastest of ``key["candidates"]`` built by ``build`` and timed on ``face()``, recorded there."""
     saved = _read_json(choice_path) or {}
     if saved.get("runtime") in key["candidates"] and all(saved.get(k) == v for k, v in key.items()):
         try:
-            return _build(run, model, saved["runtime"])
+            return build(saved["runtime"])
         except Exception as err:  # noqa: BLE001  parity lost, a damaged export...: measure again, say why
-            warnings.warn(f"The cached runtime choice of {run.run_dir} ({saved['runtime']}) failed: "
+            warnings.warn(f"The cached runtime choice of {label} ({saved['runtime']}) failed: "
                           f"{type(err).__name__}: {err}. Measuring again.", stacklevel=3)
-    engines, excluded = _build_candidates(run, model, key["candidates"])
-    size = tuple(int(v) for v in model.input_shape[1:3])
-    face = calibration_inputs(run, size, limit=1)  # one real framed face: what a request carries
-    medians = {name: statistics.median(times) for name, times in time_runtimes(engines, face).items()}
+    engines, excluded = _build_candidates(label, build, key["candidates"])
+    inputs = face()
+    medians = {name: statistics.median(times) for name, times in time_runtimes(engines, inputs).items()}
     chosen = fastest(medians)
     record = {**key, "runtime": chosen, "median_ms": {k: round(v, 3) for k, v in medians.items()},
-              "excluded": excluded, "input_shape": list(face.shape), "timing": {
+              "excluded": excluded, "input_shape": list(inputs.shape), "timing": {
                   "warmup": TIMING_WARMUP, "repeats": TIMING_REPEATS, "statistic": "median"},
               "measured_utc": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M")}
     where = _write_json(choice_path, record)
     others = ", ".join(f"{k} {v:.1f} ms" for k, v in sorted(medians.items(), key=lambda kv: kv[1]))
-    print(f"Serving {run.run_dir.name} with {chosen} on {describe_cpu()}: {others}"
+    print(f"Serving {Path(label).name} with {chosen} on {describe_cpu()}: {others}"
           + "".join(f"; {k} left out: {v}" for k, v in excluded.items())
-          + (f" (choice cached in {where})" if where else " (run folder read-only: not cached)"), flush=True)
+          + (f" (choice cached in {where})" if where else " (folder read-only: not cached)"), flush=True)
     return engines[chosen]
 
 
-def _build_candidates(run: RunFiles, model: keras.Model,
+def _build_candidates(label: str, build: Callable[[str], Runtime],
                       candidates: list[str]) -> tuple[dict[str, Runtime], dict[str, str]]:
     """The candidates that can be built here, and why the others cannot."""
     engines: dict[str, Runtime] = {}
     excluded: dict[str, str] = {}
     for name in candidates:
         try:
-            engines[name] = _build(run, model, name)
+            engines[name] = build(name)
         except Int8ParityError as err:
             excluded[name] = str(err)
         except Exception as err:  # noqa: BLE001  a converter that fails on this model leaves the others
             if name == "compiled":  # TensorFlow itself: nothing else would work either
                 raise
             excluded[name] = f"{type(err).__name__}: {err}"
-            warnings.warn(f"Runtime {name} could not be built for {run.run_dir}: {excluded[name]}", stacklevel=3)
+            warnings.warn(f"Runtime {name} could not be built for {label}: {excluded[name]}", stacklevel=3)
     return engines, excluded
 
 
