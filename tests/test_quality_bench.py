@@ -9,7 +9,7 @@ import time
 import pytest
 from conftest import CELEBA_SAMPLE, REPO_ROOT
 
-from tf_models.bench.quality import QualitySettings, RunClock, run_task
+from tf_models.bench.quality import QualitySettings, RunClock, run_task, write_tables
 
 
 def _clock_file(path):
@@ -52,8 +52,14 @@ def test_a_resumed_benchmark_row_reports_every_part_s_minutes(tmp_path, monkeypa
     (tmp_path / "runs").mkdir()
     (tmp_path / "runs" / "gender.clock.json").write_text(json.dumps(
         {"wall_seconds": 2400.0, "cpu_seconds": 1860.0 * cores, "parts": 1, "finished": False}))
-    machine = {"date (UTC)": "today", "load average at start (1/5/15 min)": "0 / 0 / 0"}
+    machine = {"cpu": "a CPU", "date (UTC)": "today", "load average at start (1/5/15 min)": "0 / 0 / 0"}
     row = run_task("gender", recipe, CELEBA_SAMPLE, settings, machine, "python scripts/benchmark_quality.py")
     assert row["parts"] == 2 and 40 <= row["wall_minutes"] < 45 and 31 <= row["cpu_minutes_per_core"] < 36
     assert not row["within_budget"]  # 40 wall / 31+ CPU minutes: over the 30-minute budget, as the run really was
-    assert 0 <= row["accuracy"] <= 1 and row["recipe"].endswith("tiny_gender.yaml")
+    assert 0 <= row["accuracy"] <= 1 and row["recipe"].endswith("tiny_gender.yaml") and row["cpu"] == "a CPU"
+    # The table keeps the rows of tasks not run this time (older ones, without parts, stay blank there).
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "benchmark_quality.csv").write_text("task,accuracy\nidentity,0.97\n")
+    frame = write_tables([row], tmp_path / "results", machine)
+    assert frame["task"].tolist() == ["gender", "identity"]
+    assert "| 2 |" in (tmp_path / "results" / "benchmark_quality.md").read_text()  # a count, not 2.0

@@ -134,6 +134,7 @@ def run_task(task: str, recipe: Path, data_dir: Path, settings: QualitySettings,
         "budget_minutes": settings.budget_minutes,
         "within_budget": min(minutes, idle_minutes) <= settings.budget_minutes,
         "recipe": display_path(recipe), "command": f"`{command}`",
+        "cpu": machine["cpu"],  # the minutes are this CPU's: the same recipe takes 2-3x longer on another
         "date": machine["date (UTC)"], "load_at_start": machine["load average at start (1/5/15 min)"], **extra,
     }
 
@@ -146,6 +147,8 @@ def write_tables(rows: list[dict], out: Path, machine: dict[str, str]) -> pd.Dat
     if previous.is_file():  # keep the other tasks' rows from an earlier run (one task at a time)
         kept = pd.read_csv(previous)
         frame = pd.concat([kept[~kept["task"].isin(frame["task"])], frame], ignore_index=True).sort_values("task")
+    if "parts" in frame:  # a count (rows of older runs have none): 1, not 1.0
+        frame["parts"] = frame["parts"].astype("Int64").astype(object)
     frame.to_csv(out / "benchmark_quality.csv", index=False)
     (out / "benchmark_quality.md").write_text(
         "# Quality on real data\n\n"
