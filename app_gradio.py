@@ -77,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
                              f"{DEFAULT_STATE_DIR}/; on a Space with persistent storage: /data/app_state)")
     parser.add_argument("--runtime", choices=RUNTIME_CHOICES, default="auto",
                         help="inference runtime (default: auto, the fastest on this CPU, measured once per run "
-                             "and CPU and cached in RUN/exports/runtime_choice.json)")
+                             "and CPU and cached in RUN/exports/runtime_choice.json; the shipped face embedder's in "
+                             "the user cache, float32 only: onnx-int8 serves it as onnx)")
     parser.add_argument("--max-faces", type=int, default=DEFAULT_MAX_FACES,
                         help=f"faces labelled per photo, largest first (default: {DEFAULT_MAX_FACES})")
     parser.add_argument("--target-far", type=float, default=0.01,

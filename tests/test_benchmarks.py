@@ -40,7 +40,6 @@ def test_bench_inference_writes_every_runtime_side_by_side(tmp_path, capsys):
     assert headline.startswith("served path (fastest runtime per backbone on ") and served[0]["runtime"] in headline
 
 
-@pytest.mark.skipif(not (SHARED_DATA / "celeba" / "gender_labels.csv").is_file(), reason="needs ../shared/data")
 def test_bench_inference_times_the_shipped_face_embedder_per_face(tmp_path, capsys):
     from scripts.bench_inference import main
 
@@ -60,6 +59,7 @@ def test_bench_inference_times_the_shipped_face_embedder_per_face(tmp_path, caps
         main(["--face-embedder", "--backbones", "alexnet", "--out", str(tmp_path)])
 
 
+@pytest.mark.skipif(not (SHARED_DATA / "celeba" / "gender_labels.csv").is_file(), reason="needs ../shared/data")
 def test_bench_pipeline_measures_legacy_and_ours_on_the_same_images(tmp_path, capsys):
     from scripts.bench_pipeline import main
 

@@ -154,7 +154,7 @@ def test_the_face_embedder_is_served_by_the_fastest_checked_export_and_a_damaged
     faces = np.random.default_rng(3).uniform(0, 255, (3, 112, 112, 3)).astype(np.float32)
     compiled = Predictor.from_face_weights(FACES_BACKBONE, runtime="compiled")
     probabilities, expected = compiled.runtime(faces)
-    assert probabilities.shape == (3, 0) and compiled.embeds_only
+    assert probabilities.shape == (3, 0) and compiled.runtime.name == "compiled"
 
     served = Predictor.from_face_weights(FACES_BACKBONE)  # auto: every float32 candidate built, checked, timed
     (choice_file,) = (tmp_path / serving.EMBEDDER_EXPORTS_DIR).glob(f"*/{serving.CHOICE_FILE}")
@@ -169,6 +169,7 @@ def test_the_face_embedder_is_served_by_the_fastest_checked_export_and_a_damaged
 
     monkeypatch.setattr(serving, "export_keras", no_export)
     assert Predictor.from_face_weights(FACES_BACKBONE).runtime.name == choice["runtime"]
+    assert Predictor.from_face_weights(FACES_BACKBONE, runtime="onnx").runtime.name == "onnx"  # its file, reused
     monkeypatch.undo()
     monkeypatch.setenv("TF_MODELS_CACHE", str(tmp_path))
 

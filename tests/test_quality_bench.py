@@ -21,7 +21,7 @@ def test_run_clock_keeps_its_totals_on_disk_while_running_and_adds_up_resumed_pa
     with RunClock(path, resume=False, every=0.02):
         time.sleep(0.15)
         during = _clock_file(path)  # what a kill now would leave
-    assert 0 < during["wall_seconds"] <= 0.15 + 0.1 and during["parts"] == 1 and not during["finished"]
+    assert 0 < during["wall_seconds"] < 1.0 and during["parts"] == 1 and not during["finished"]
     first = _clock_file(path)
     assert first["finished"] and first["wall_seconds"] >= 0.15
 
@@ -62,4 +62,8 @@ def test_a_resumed_benchmark_row_reports_every_part_s_minutes(tmp_path, monkeypa
     (tmp_path / "results" / "benchmark_quality.csv").write_text("task,accuracy\nidentity,0.97\n")
     frame = write_tables([row], tmp_path / "results", machine)
     assert frame["task"].tolist() == ["gender", "identity"]
-    assert "| 2 |" in (tmp_path / "results" / "benchmark_quality.md").read_text()  # a count, not 2.0
+    gender_line = next(line for line in (tmp_path / "results" / "benchmark_quality.md").read_text().splitlines()
+                       if line.startswith("| gender |"))
+    columns = [c.strip() for c in next(line for line in (tmp_path / "results" / "benchmark_quality.md").read_text()
+                                       .splitlines() if line.startswith("| task |")).split("|")]
+    assert gender_line.split("|")[columns.index("parts")].strip() == "2"  # a count, not 2.0

@@ -166,9 +166,11 @@ def load_or_build_gallery(identity_run: str | Path, state_dir: str | Path, targe
     if (folder / GALLERY_JSON).is_file():
         info = json.loads(info_path.read_text(encoding="utf-8")) if info_path.is_file() else {}
         made_with = info.get("embedder_runtime")
-        if embedder is not None and made_with and made_with != embedder.runtime.name:
+        # Float32 runtimes agree to round-off (checked when they load); int8 against float32 moves similarities.
+        serving = embedder.runtime.name if embedder is not None else None
+        if made_with and serving and made_with != serving and "onnx-int8" in (made_with, serving):
             warnings.warn(f"The gallery in {folder} holds embeddings made with the {made_with} runtime; this "
-                          f"machine serves {embedder.runtime.name} (see RUN/exports/runtime_choice.json). "
+                          f"machine serves {serving} (the runtime choice is measured per machine). "
                           f"Similarities shift slightly: re-enrol, or start with --runtime {made_with}.",
                           stacklevel=2)
         return IdentityGallery.load(folder), info

@@ -135,7 +135,8 @@ def bench_backbone(name: str, runtimes: list[str], batch: int, repeats: int, bat
             "p50_ms": round(p50, 2), "p90_ms": round(percentiles(single[runtime])["p90_ms"], 2),
             "images_per_s": round(batch / statistics.median(batched[runtime]), 1),
             "speedup": round(baseline / p50, 2) if baseline else "", "served": runtime == served,
-            "note": "" if runtime in candidates or not face_embedder else "not served for an embedder",
+            "note": "not served for an embedder" if face_embedder and runtime not in (*candidates, "keras-predict")
+            else "",
         })
     return sorted(rows, key=lambda row: runtimes.index(row["runtime"]))
 

@@ -15,6 +15,7 @@ import os
 import shutil
 import threading
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,8 +56,13 @@ class RunClock:
 
     def __init__(self, path: Path, resume: bool, every: float = 30.0):
         self.path, self.every = Path(path), float(every)
-        earlier = json.loads(self.path.read_text()) if resume and self.path.is_file() else {}
-        if earlier.get("finished"):
+        earlier: dict = {}
+        if resume and self.path.is_file():
+            try:
+                earlier = json.loads(self.path.read_text())
+            except (OSError, ValueError) as err:  # unreadable: the earlier parts' minutes are unknown, say so
+                warnings.warn(f"{self.path} cannot be read ({err}): minutes count from this part only.", stacklevel=2)
+        if not isinstance(earlier, dict) or earlier.get("finished"):
             earlier = {}
         self.earlier_wall = float(earlier.get("wall_seconds", 0.0))
         self.earlier_cpu = float(earlier.get("cpu_seconds", 0.0))
@@ -87,8 +93,12 @@ class RunClock:
 
     def _save(self, finished: bool = False) -> None:
         wall, cpu = self.totals()
-        atomic_write(self.path, json.dumps({"wall_seconds": wall, "cpu_seconds": cpu, "parts": self.parts,
-                                            "finished": finished}))
+        try:
+            atomic_write(self.path, json.dumps({"wall_seconds": wall, "cpu_seconds": cpu, "parts": self.parts,
+                                                "finished": finished}))
+        except OSError as err:  # a full disk must not cost the run its row: only a later resume's sum
+            warnings.warn(f"{self.path} could not be written ({err}): a resumed run would under-count its "
+                          "minutes.", stacklevel=2)
 
     def _tick(self) -> None:
         while not self._stop.wait(self.every):
