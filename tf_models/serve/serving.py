@@ -176,7 +176,10 @@ def serve_face_embedder(embedder: keras.Model, weights_sha256: str, runtime: str
     layers = [(layer.name, type(layer).__name__) for layer in embedder.layers] + [list(embedder.input_shape)]
     architecture = hashlib.sha1(json.dumps(layers).encode()).hexdigest()
     folder = default_cache_dir() / EMBEDDER_EXPORTS_DIR / f"{weights_sha256[:16]}-{architecture[:8]}"
-    build = functools.partial(_embedder_runtime, served=served, folder=folder)
+    # One compiled function for the process: the "compiled" candidate and the reference every export is
+    # checked against (a tf.function per check would trace the graph again for each candidate).
+    compiled = functools.cache(lambda: CompiledRuntime(served))
+    build = functools.partial(_embedder_runtime, served=served, folder=folder, compiled=compiled)
     if runtime != AUTO:
         return build(runtime)
     size = tuple(int(v) for v in served.input_shape[1:3])
@@ -185,15 +188,16 @@ def serve_face_embedder(embedder: keras.Model, weights_sha256: str, runtime: str
                             build, lambda: _timing_faces(size, 1))
 
 
-def _embedder_runtime(name: str, *, served: keras.Model, folder: Path) -> Runtime:
+def _embedder_runtime(name: str, *, served: keras.Model, folder: Path,
+                      compiled: Callable[[], CompiledRuntime]) -> Runtime:
     """``name`` for the served form of a face embedder; an exported one from ``folder`` (made once), checked."""
     if name not in EXPORTED_RUNTIMES:
-        return make_runtime(name, served)
+        return compiled() if name == "compiled" else make_runtime(name, served)
     fmt, _ = EXPORTED_RUNTIMES[name]
     path = folder / f"{name}-serving" / MODEL_FILES[fmt]
     if path.is_file():
         try:
-            return _checked_embedder_export(name, path, served)
+            return _checked_embedder_export(name, path, compiled())
         except Exception as err:  # noqa: BLE001  damaged (a full disk, a copy cut short) or wrong: made again
             warnings.warn(f"The cached {name} face embedder cannot serve ({type(err).__name__}: "
                           f"{str(err)[:300]}); making it again: {path}", stacklevel=3)
@@ -211,14 +215,14 @@ def _embedder_runtime(name: str, *, served: keras.Model, folder: Path) -> Runtim
         if err.errno not in _READ_ONLY_ERRORS:
             raise
         path = export_keras(served, fmt, _scratch_folder() / path.name)  # a read-only cache
-    return _checked_embedder_export(name, path, served)
+    return _checked_embedder_export(name, path, compiled())
 
 
-def _checked_embedder_export(name: str, path: Path, served: keras.Model) -> Runtime:
-    """The runtime on ``path``, once its embeddings match the Keras model's up to round-off."""
+def _checked_embedder_export(name: str, path: Path, reference: CompiledRuntime) -> Runtime:
+    """The runtime on ``path``, once its embeddings match the Keras model's (``reference``) up to round-off."""
     engine = file_runtime(name, path)
-    probe = _timing_faces(tuple(int(v) for v in served.input_shape[1:3]), 4)
-    difference = float(np.abs(engine(probe)[1] - CompiledRuntime(served)(probe)[1]).max())
+    probe = _timing_faces(tuple(int(v) for v in reference.model.input_shape[1:3]), 4)
+    difference = float(np.abs(engine(probe)[1] - reference(probe)[1]).max())
     if difference > EMBEDDER_MAX_DIFFERENCE:
         raise ValueError(f"The {name} face embedder {path} gives embeddings up to {difference:.2g} away from the "
                          f"Keras model's (allowed: {EMBEDDER_MAX_DIFFERENCE:g}); delete it to make it again.")
