@@ -26,11 +26,14 @@ def test_run_clock_keeps_its_totals_on_disk_while_running_and_adds_up_resumed_pa
     assert first["finished"] and first["wall_seconds"] >= 0.15
 
     # A part killed after 600 s: the next part (--resume) counts it and says the run took 2 processes.
-    path.write_text(json.dumps({"wall_seconds": 600.0, "cpu_seconds": 900.0, "parts": 1, "finished": False}))
-    with RunClock(path, resume=True, every=60) as clock:
+    # Both parts' CPUs are kept: a part on another machine took that machine's minutes.
+    path.write_text(json.dumps({"wall_seconds": 600.0, "cpu_seconds": 900.0, "parts": 1, "finished": False,
+                                "cpus": ["AMD EPYC"]}))
+    with RunClock(path, resume=True, every=60, cpu="Intel Xeon") as clock:
         pass
     wall, cpu = clock.totals()
     assert 600 <= wall < 601 and cpu >= 900 and clock.parts == 2 and _clock_file(path)["parts"] == 2
+    assert clock.cpus == _clock_file(path)["cpus"] == ["AMD EPYC", "Intel Xeon"]
 
     # A finished run leaves nothing to continue; a fresh run ignores what an earlier one left.
     for resume in (True, False):
@@ -51,12 +54,13 @@ def test_a_resumed_benchmark_row_reports_every_part_s_minutes(tmp_path, monkeypa
     cores = len(os.sched_getaffinity(0))
     (tmp_path / "runs").mkdir()
     (tmp_path / "runs" / "gender.clock.json").write_text(json.dumps(
-        {"wall_seconds": 2400.0, "cpu_seconds": 1860.0 * cores, "parts": 1, "finished": False}))
+        {"wall_seconds": 2400.0, "cpu_seconds": 1860.0 * cores, "parts": 1, "finished": False,
+         "cpus": ["another CPU"]}))
     machine = {"cpu": "a CPU", "date (UTC)": "today", "load average at start (1/5/15 min)": "0 / 0 / 0"}
     row = run_task("gender", recipe, CELEBA_SAMPLE, settings, machine, "python scripts/benchmark_quality.py")
     assert row["parts"] == 2 and 40 <= row["wall_minutes"] < 45 and 31 <= row["cpu_minutes_per_core"] < 36
     assert not row["within_budget"]  # 40 wall / 31+ CPU minutes: over the 30-minute budget, as the run really was
-    assert 0 <= row["accuracy"] <= 1 and row["recipe"].endswith("tiny_gender.yaml") and row["cpu"] == "a CPU"
+    assert 0 <= row["accuracy"] <= 1 and row["recipe"].endswith("tiny_gender.yaml") and row["cpu"] == "another CPU + a CPU"
     # The table keeps the rows of tasks not run this time (older ones, without parts, stay blank there).
     (tmp_path / "results").mkdir()
     (tmp_path / "results" / "benchmark_quality.csv").write_text("task,accuracy\nidentity,0.97\n")

@@ -54,7 +54,7 @@ class RunClock:
     so does a resumed one whose earlier part finished (there was nothing left to continue).
     """
 
-    def __init__(self, path: Path, resume: bool, every: float = 30.0):
+    def __init__(self, path: Path, resume: bool, every: float = 30.0, cpu: str = ""):
         self.path, self.every = Path(path), float(every)
         earlier: dict = {}
         if resume and self.path.is_file():
@@ -67,6 +67,8 @@ class RunClock:
         self.earlier_wall = float(earlier.get("wall_seconds", 0.0))
         self.earlier_cpu = float(earlier.get("cpu_seconds", 0.0))
         self.parts = int(earlier.get("parts", 0)) + 1  # processes the run has taken, this one included
+        # The CPU of every part, in order: a run resumed on another machine took minutes of both.
+        self.cpus = [str(c) for c in earlier.get("cpus", [])] + [cpu]
         self._start = self._cpu_start = 0.0
         self._final: tuple[float, float] | None = None  # the totals when the run ended
         self._stop = threading.Event()
@@ -95,7 +97,7 @@ class RunClock:
         wall, cpu = self.totals()
         try:
             atomic_write(self.path, json.dumps({"wall_seconds": wall, "cpu_seconds": cpu, "parts": self.parts,
-                                                "finished": finished}))
+                                                "cpus": self.cpus, "finished": finished}))
         except OSError as err:  # a full disk must not cost the run its row: only a later resume's sum
             warnings.warn(f"{self.path} could not be written ({err}): a resumed run would under-count its "
                           "minutes.", stacklevel=2)
@@ -117,7 +119,7 @@ def run_task(task: str, recipe: Path, data_dir: Path, settings: QualitySettings,
     run_dir = settings.runs_dir / task
     if run_dir.exists() and not settings.resume:
         shutil.rmtree(run_dir)  # a leftover backup/ would otherwise resume an old run
-    clock = RunClock(settings.runs_dir / f"{task}.clock.json", settings.resume)
+    clock = RunClock(settings.runs_dir / f"{task}.clock.json", settings.resume, cpu=machine["cpu"])
     # Relative paths: they end up in results files, which must not carry this machine's paths.
     config = dataclasses.replace(TrainConfig.load(recipe), data_dir=display_path(data_dir), out=display_path(run_dir))
     if settings.epochs is not None:
@@ -144,7 +146,8 @@ def run_task(task: str, recipe: Path, data_dir: Path, settings: QualitySettings,
         "budget_minutes": settings.budget_minutes,
         "within_budget": min(minutes, idle_minutes) <= settings.budget_minutes,
         "recipe": display_path(recipe), "command": f"`{command}`",
-        "cpu": machine["cpu"],  # the minutes are this CPU's: the same recipe takes 2-3x longer on another
+        # The minutes are this CPU's (the same recipe takes 2-3x longer on another); every CPU the parts ran on.
+        "cpu": " + ".join(dict.fromkeys(c for c in clock.cpus if c)),
         "date": machine["date (UTC)"], "load_at_start": machine["load average at start (1/5/15 min)"], **extra,
     }
 
@@ -170,7 +173,7 @@ def write_tables(rows: list[dict], out: Path, machine: dict[str, str]) -> pd.Dat
         "part's minutes counted). "
         "gender and identity: from scratch, no pretrained weights; gender_faces: fine-tuned from the shipped "
         "face-pretrained weights (weights=\"faces\", no download).\n\n"
-        + markdown_table(frame.fillna("")) + "\nMachine of the latest run:\n\n" + machine_markdown(machine),
+        + markdown_table(frame.astype(object).where(frame.notna(), "")) + "\nMachine of the latest run:\n\n" + machine_markdown(machine),
         encoding="utf-8")
     return frame
 

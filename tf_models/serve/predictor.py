@@ -12,6 +12,7 @@ The engine behind it is a runtime of :mod:`tf_models.serve.runtimes`; for a run 
 from __future__ import annotations
 
 import csv
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -134,14 +135,17 @@ class Predictor:
         Faces are cut out as face pretraining cut them (the default :class:`CropSettings`, aligned
         or not as the weights' registry row says), so a gallery of these embeddings needs no training run at all.
         ``runtime``: default ``auto``, the fastest float32 runtime on this CPU
-        (:func:`~tf_models.serve.serving.serve_face_embedder`); ``onnx-int8`` is served as ``onnx``.
+        (:func:`~tf_models.serve.serving.serve_face_embedder`); ``onnx-int8`` is served as ``onnx``, with a warning.
         """
         from tf_models.models.backbones import get_backbone
         from tf_models.models.face_embedder import build_face_embedder
 
         spec = get_backbone(backbone)
         embedder = build_face_embedder(spec.name)  # no face weights for this backbone: says which have them
-        runtime = "onnx" if runtime == "onnx-int8" else runtime  # the int8 check needs classes
+        if runtime == "onnx-int8":  # int8's parity check compares class labels, which an embedder has none of
+            warnings.warn("The face embedder has no int8 model (its parity check needs class labels): "
+                          "serving it with float32 onnx. Received: runtime='onnx-int8'", stacklevel=2)
+            runtime = "onnx"
         engine = serve_face_embedder(embedder, spec.faces.sha256, runtime)
         return cls(engine, [], spec.faces.input_size, CropSettings(align=spec.faces.aligned), batch_size=batch_size)
 

@@ -78,6 +78,7 @@ CHOICE_FILE = "runtime_choice.json"
 EMBEDDER_CANDIDATES = ("onnx", "tflite", "compiled")
 EMBEDDER_EXPORTS_DIR = "face_embedder_exports"  # under the user cache (default_cache_dir())
 EMBEDDER_MAX_DIFFERENCE = 1e-3  # an export's embedding components may differ from Keras's by this much
+PARTIAL_EXPORT_MAX_AGE_S = 3600  # a partial export file this old is abandoned (an export takes about a minute)
 TIMING_WARMUP = 3
 TIMING_REPEATS = 15
 
@@ -195,6 +196,7 @@ def _embedder_runtime(name: str, *, served: keras.Model, folder: Path,
         return compiled() if name == "compiled" else make_runtime(name, served)
     fmt, _ = EXPORTED_RUNTIMES[name]
     path = folder / f"{name}-serving" / MODEL_FILES[fmt]
+    _remove_abandoned_partials(path)
     if path.is_file():
         try:
             return _checked_embedder_export(name, path, compiled())
@@ -205,7 +207,7 @@ def _embedder_runtime(name: str, *, served: keras.Model, folder: Path,
         # Written beside its final name, then renamed: a start killed mid-export, or two starts at
         # once, never leave a half-written model where the next start would load it.
         path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f".{os.getpid()}-{threading.get_ident()}.{path.name}")
+        partial = _partial_path(path)
         try:
             export_keras(served, fmt, partial)
             os.replace(partial, path)
@@ -216,6 +218,35 @@ def _embedder_runtime(name: str, *, served: keras.Model, folder: Path,
             raise
         path = export_keras(served, fmt, _scratch_folder() / path.name)  # a read-only cache
     return _checked_embedder_export(name, path, compiled())
+
+
+def _partial_path(path: Path) -> Path:
+    """Where this thread writes ``path`` before renaming it: ``.<pid>-<thread>.<name>`` beside it."""
+    return path.with_name(f".{os.getpid()}-{threading.get_ident()}.{path.name}")
+
+
+def _remove_abandoned_partials(path: Path) -> None:
+    """Deletes the partial files of ``path`` (:func:`_partial_path`) left by starts killed mid-export: those whose
+    process is gone, or older than :data:`PARTIAL_EXPORT_MAX_AGE_S` (a process id may be reused)."""
+    for partial in path.parent.glob(f".*.{path.name}"):
+        pid = partial.name[1:].split("-", 1)[0]
+        try:
+            if not pid.isdigit() or not _process_running(int(pid)) or \
+                    time.time() - partial.stat().st_mtime > PARTIAL_EXPORT_MAX_AGE_S:
+                partial.unlink()
+        except OSError:  # gone already (its own start renamed or removed it), or not ours to remove
+            pass
+
+
+def _process_running(pid: int) -> bool:
+    """True when a process ``pid`` runs on this machine (signal 0 checks without signalling)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _checked_embedder_export(name: str, path: Path, reference: CompiledRuntime) -> Runtime:
