@@ -176,23 +176,24 @@ def test_the_face_embedder_is_served_by_the_fastest_checked_export_and_a_damaged
     monkeypatch.setenv("TF_MODELS_CACHE", str(tmp_path))
 
     # int8 is not made for an embedder: asked for, float32 onnx serves, and says so.
-    with pytest.warns(UserWarning, match="serving it with float32 onnx"):
+    with pytest.warns(UserWarning, match="serving it with float32 onnx; pass runtime='onnx'"):
         assert Predictor.from_face_weights(FACES_BACKBONE, runtime="onnx-int8").runtime.name == "onnx"
 
     # A damaged export (a copy cut short) is made again, with a warning, never served; partial files that
-    # killed starts left behind (their process gone, or too old) are removed, a running export's is kept.
+    # killed starts left behind (old ones) are removed; one being written, and files not ours, are kept.
     onnx_file = choice_file.parent / "onnx-serving" / "model.onnx"
     onnx_file.write_bytes(onnx_file.read_bytes()[:1000])
-    abandoned = onnx_file.with_name(f".{2**22 + 12345}-1.model.onnx")  # above Linux's pid_max default: no process
-    too_old = onnx_file.with_name(f".{os.getpid()}-2.model.onnx")
-    running = onnx_file.with_name(f".{os.getpid()}-3.model.onnx")
-    for partial in (abandoned, too_old, running):
+    abandoned = onnx_file.with_name(f".{os.getpid()}-2.model.onnx")
+    writing = onnx_file.with_name(f".{os.getpid()}-3.model.onnx")  # another start's export, being written now
+    not_ours = onnx_file.with_name(".backup.model.onnx")
+    for partial in (abandoned, writing, not_ours):
         partial.write_bytes(b"half an export")
-    os.utime(too_old, (0, time.time() - serving.PARTIAL_EXPORT_MAX_AGE_S - 60))
+        os.utime(partial, (0, time.time() - serving.PARTIAL_EXPORT_MAX_AGE_S - 60))
+    os.utime(writing, None)
     with pytest.warns(UserWarning, match="cannot serve"):
         repaired = Predictor.from_face_weights(FACES_BACKBONE, runtime="onnx")
     np.testing.assert_allclose(repaired.runtime(faces)[1], expected, atol=serving.EMBEDDER_MAX_DIFFERENCE)
     assert onnx_file.stat().st_size > 1_000_000
-    assert not abandoned.exists() and not too_old.exists() and running.exists()
+    assert not abandoned.exists() and writing.exists() and not_ours.exists()
     with pytest.raises(ValueError, match="int8's parity check"):
         serving.serve_face_embedder(build_face_embedder(FACES_BACKBONE), "0" * 64, "onnx-int8")

@@ -8,6 +8,7 @@ import json
 import pytest
 from conftest import train_tiny_run
 
+from tf_models.app import service
 from tf_models.app.service import better_embedder, identity_from_run
 
 
@@ -27,6 +28,15 @@ def untrained_identity_run(tmp_path_factory):
 
 
 @pytest.mark.slow
+def test_the_app_s_runtime_flag_serves_the_face_embedder_in_float32_where_it_asks_int8_for_the_runs(monkeypatch):
+    asked = []
+    monkeypatch.setattr(service.Predictor, "from_face_weights",
+                        lambda backbone, runtime=None: asked.append((backbone, runtime)))
+    for runtime in ("onnx-int8", "onnx", "tflite", None):
+        service.shipped_face_embedder(runtime)
+    assert asked == [(service.FACE_EMBEDDER_BACKBONE, r) for r in ("onnx", "onnx", "tflite", None)]
+
+
 def test_a_run_at_chance_gives_way_to_the_face_embedder_on_its_own_people(untrained_identity_run, tmp_path):
     predictor, gallery, info, folder, label = identity_from_run(untrained_identity_run, tmp_path, 0.01, "compiled")
     choice = info["identity_choice"]

@@ -35,6 +35,12 @@ def test_run_clock_keeps_its_totals_on_disk_while_running_and_adds_up_resumed_pa
     assert 600 <= wall < 601 and cpu >= 900 and clock.parts == 2 and _clock_file(path)["parts"] == 2
     assert clock.cpus == _clock_file(path)["cpus"] == ["AMD EPYC", "Intel Xeon"]
 
+    # A clock file from before CPUs were kept: its part ran on a CPU nobody recorded, and the row says so.
+    path.write_text(json.dumps({"wall_seconds": 60.0, "cpu_seconds": 90.0, "parts": 1, "finished": False}))
+    with RunClock(path, resume=True, cpu="Intel Xeon") as clock:
+        pass
+    assert clock.cpus == ["unknown CPU", "Intel Xeon"]
+
     # A finished run leaves nothing to continue; a fresh run ignores what an earlier one left.
     for resume in (True, False):
         with RunClock(path, resume=resume) as clock:

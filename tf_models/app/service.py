@@ -227,6 +227,12 @@ def better_embedder(run_calibration: dict[str, Any] | None, faces_calibration: d
     return "faces" if faces_calibration["frr"] < run_calibration["frr"] else "run"
 
 
+def shipped_face_embedder(runtime: str | None) -> Predictor:
+    """The shipped face embedder, served with the app's ``--runtime``. That flag serves the runs too: an
+    ``onnx-int8`` meant for them serves the embedder in float32 ``onnx`` (an embedder has no int8 model)."""
+    return Predictor.from_face_weights(FACE_EMBEDDER_BACKBONE, runtime="onnx" if runtime == "onnx-int8" else runtime)
+
+
 def identity_from_run(identity_dir: Path, state_dir: str | Path, target_far: float, runtime: str | None,
                       choice: str = "better") -> tuple[Predictor, IdentityGallery, dict[str, Any], Path, str]:
     """The identity model for a trained run: the run itself, or (``choice="better"``) the shipped face
@@ -241,7 +247,7 @@ def identity_from_run(identity_dir: Path, state_dir: str | Path, target_far: flo
     folder, label = gallery_folder(state_dir, identity_dir), str(identity_dir)
     if choice == "run" or info.get("calibration") is None:
         return run, gallery, info, folder, label
-    faces = Predictor.from_face_weights(FACE_EMBEDDER_BACKBONE, runtime=runtime)
+    faces = shipped_face_embedder(runtime)
     faces_folder = folder.with_name(f"{folder.name}-faces-{FACE_EMBEDDER_BACKBONE}")
     faces_gallery, faces_info = load_or_build_gallery(identity_dir, state_dir, target_far, embedder=faces,
                                                       folder=faces_folder)
@@ -299,7 +305,7 @@ class FaceService:
         gender = Predictor.from_run(gender_dir, runtime=runtime, top_k=1)
         state = Path(state_dir)
         if identity_run is None:  # the shipped face embedder: people are enrolled, nothing is trained
-            identity = Predictor.from_face_weights(FACE_EMBEDDER_BACKBONE, runtime=runtime)
+            identity = shipped_face_embedder(runtime)
             gallery, gallery_info, folder = load_face_gallery(state_dir, FACE_EMBEDDER_BACKBONE)
             identity_label = f"faces:{FACE_EMBEDDER_BACKBONE} (shipped face embedder)"
         else:

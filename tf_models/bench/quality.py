@@ -68,7 +68,9 @@ class RunClock:
         self.earlier_cpu = float(earlier.get("cpu_seconds", 0.0))
         self.parts = int(earlier.get("parts", 0)) + 1  # processes the run has taken, this one included
         # The CPU of every part, in order: a run resumed on another machine took minutes of both.
-        self.cpus = [str(c) for c in earlier.get("cpus", [])] + [cpu]
+        earlier_cpus = earlier.get("cpus")
+        earlier_cpus = [str(c) for c in earlier_cpus] if isinstance(earlier_cpus, list) else []
+        self.cpus = earlier_cpus + ["unknown CPU"] * (self.parts - 1 - len(earlier_cpus)) + [cpu]
         self._start = self._cpu_start = 0.0
         self._final: tuple[float, float] | None = None  # the totals when the run ended
         self._stop = threading.Event()

@@ -144,7 +144,8 @@ class Predictor:
         embedder = build_face_embedder(spec.name)  # no face weights for this backbone: says which have them
         if runtime == "onnx-int8":  # int8's parity check compares class labels, which an embedder has none of
             warnings.warn("The face embedder has no int8 model (its parity check needs class labels): "
-                          "serving it with float32 onnx. Received: runtime='onnx-int8'", stacklevel=2)
+                          "serving it with float32 onnx; pass runtime='onnx' or 'auto' to choose it yourself. "
+                          "Received: runtime='onnx-int8'", stacklevel=2)
             runtime = "onnx"
         engine = serve_face_embedder(embedder, spec.faces.sha256, runtime)
         return cls(engine, [], spec.faces.input_size, CropSettings(align=spec.faces.aligned), batch_size=batch_size)

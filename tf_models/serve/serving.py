@@ -27,6 +27,7 @@ import functools
 import hashlib
 import json
 import os
+import re
 import shutil
 import statistics
 import tempfile
@@ -78,7 +79,7 @@ CHOICE_FILE = "runtime_choice.json"
 EMBEDDER_CANDIDATES = ("onnx", "tflite", "compiled")
 EMBEDDER_EXPORTS_DIR = "face_embedder_exports"  # under the user cache (default_cache_dir())
 EMBEDDER_MAX_DIFFERENCE = 1e-3  # an export's embedding components may differ from Keras's by this much
-PARTIAL_EXPORT_MAX_AGE_S = 3600  # a partial export file this old is abandoned (an export takes about a minute)
+PARTIAL_EXPORT_MAX_AGE_S = 600  # a partial export file this old was abandoned (it lives for the seconds of a write)
 TIMING_WARMUP = 3
 TIMING_REPEATS = 15
 
@@ -226,27 +227,16 @@ def _partial_path(path: Path) -> Path:
 
 
 def _remove_abandoned_partials(path: Path) -> None:
-    """Deletes the partial files of ``path`` (:func:`_partial_path`) left by starts killed mid-export: those whose
-    process is gone, or older than :data:`PARTIAL_EXPORT_MAX_AGE_S` (a process id may be reused)."""
+    """Deletes the partial files of ``path`` (:func:`_partial_path`) that starts killed mid-export left: those
+    older than :data:`PARTIAL_EXPORT_MAX_AGE_S`. By age, not by process: the cache may be shared between
+    machines, and a live export's partial file exists only for the seconds its writing takes."""
+    own = re.compile(rf"\.[0-9]+-[0-9]+\.{re.escape(path.name)}")
     for partial in path.parent.glob(f".*.{path.name}"):
-        pid = partial.name[1:].split("-", 1)[0]
         try:
-            if not pid.isdigit() or not _process_running(int(pid)) or \
-                    time.time() - partial.stat().st_mtime > PARTIAL_EXPORT_MAX_AGE_S:
+            if own.fullmatch(partial.name) and time.time() - partial.stat().st_mtime > PARTIAL_EXPORT_MAX_AGE_S:
                 partial.unlink()
         except OSError:  # gone already (its own start renamed or removed it), or not ours to remove
             pass
-
-
-def _process_running(pid: int) -> bool:
-    """True when a process ``pid`` runs on this machine (signal 0 checks without signalling)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
 
 
 def _checked_embedder_export(name: str, path: Path, reference: CompiledRuntime) -> Runtime:
