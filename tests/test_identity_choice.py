@@ -27,7 +27,6 @@ def untrained_identity_run(tmp_path_factory):
     return train_tiny_run("identity", root / "run", root / "cache", epochs=1)
 
 
-@pytest.mark.slow
 def test_the_app_s_runtime_flag_serves_the_face_embedder_in_float32_where_it_asks_int8_for_the_runs(monkeypatch):
     asked = []
     monkeypatch.setattr(service.Predictor, "from_face_weights",
@@ -37,6 +36,7 @@ def test_the_app_s_runtime_flag_serves_the_face_embedder_in_float32_where_it_ask
     assert asked == [(service.FACE_EMBEDDER_BACKBONE, r) for r in ("onnx", "onnx", "tflite", None)]
 
 
+@pytest.mark.slow
 def test_a_run_at_chance_gives_way_to_the_face_embedder_on_its_own_people(untrained_identity_run, tmp_path):
     predictor, gallery, info, folder, label = identity_from_run(untrained_identity_run, tmp_path, 0.01, "compiled")
     choice = info["identity_choice"]

@@ -175,7 +175,8 @@ def write_tables(rows: list[dict], out: Path, machine: dict[str, str]) -> pd.Dat
         "part's minutes counted). "
         "gender and identity: from scratch, no pretrained weights; gender_faces: fine-tuned from the shipped "
         "face-pretrained weights (weights=\"faces\", no download).\n\n"
-        + markdown_table(frame.astype(object).where(frame.notna(), "")) + "\nMachine of the latest run:\n\n" + machine_markdown(machine),
+        + markdown_table(frame.astype(object).where(frame.notna(), ""))  # blanks, not "nan" (no fillna("") on floats)
+        + "\nMachine of the latest run:\n\n" + machine_markdown(machine),
         encoding="utf-8")
     return frame
 
