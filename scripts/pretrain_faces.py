@@ -8,6 +8,12 @@ Frames every shared face photo with the project's detector and crop (cached), ho
 out for evaluation, trains, and writes embedder.keras and face_weights.npz (float16, the shipped
 format) to the run folder. Run it again after an interruption: it resumes at the last epoch.
 Distillation needs dlib's embedding: pip install dlib-bin face_recognition_models.
+
+    python scripts/pretrain_faces.py --export faces_set   # the framed faces + targets, for a torch GPU box
+
+``--export`` writes the photos trained on and their targets to a small folder (about 35 MB) for
+``scripts/pretrain_faces_torch.py``: the same recipe on Keras's torch backend, on a machine with a
+GPU and PyTorch but no TensorFlow or shared data.
 """
 
 from __future__ import annotations
@@ -29,6 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--init-from", help="an earlier run's embedder.keras or face_weights.npz (or the "
                         "package's) to continue from, on a new schedule")
     parser.add_argument("--prepare-only", action="store_true", help="frame the faces (and teacher) and stop")
+    parser.add_argument("--export", metavar="DIR", help="write the training faces and their targets to DIR "
+                        "(for scripts/pretrain_faces_torch.py) and stop")
     args = parser.parse_args(argv)
 
     from tf_models.train.face_pretraining import PretrainConfig, load_pretraining_faces, pretrain
@@ -41,6 +49,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"framed {len(faces.rows)} photos ({(faces.rows['found'] == 'face').sum()} faces found, the rest "
           f"kept whole), {len(faces.skipped)} unreadable")
     if args.prepare_only:
+        return 0
+    if args.export:
+        from tf_models.train.face_export import export_pretraining_set
+
+        print(f"exported to {export_pretraining_set(faces, config, args.export)}")
         return 0
     run_dir = pretrain(config, faces)
     print(f"face embedder written to {run_dir}")

@@ -149,9 +149,10 @@ def test_face_weight_rows_are_named_skipped_or_flagged_not_left_to_be_misread():
     assert run_name("gender", "mobilenetv2", "transfer", "imagenet") == "gender_mobilenetv2_transfer"
     assert run_name("gender", "mobilenetv2", "scratch", "none") == "gender_mobilenetv2_scratch"
     assert skip_reason("mobilenetv2", "finetune", "faces") is None
-    assert skip_reason("alexnet_bn", "scratch", "none") is None
-    reason = skip_reason("alexnet_bn", "transfer", "faces")
-    assert reason and "alexnet_bn" in reason and "mobilenetv2" in reason
+    assert skip_reason("alexnet_bn", "transfer", "faces") is None  # both demo backbones ship face weights
+    assert skip_reason("vgg16", "scratch", "none") is None
+    reason = skip_reason("vgg16", "transfer", "faces")
+    assert reason and "vgg16" in reason and "mobilenetv2" in reason and "alexnet_bn" in reason
     # 22 people, one test photo each: 1/22 right is guessing; 20/22 is not
     eye = np.eye(22).tolist()
     assert "at chance" in chance_note({"accuracy": 1 / 22, "confusion_matrix": eye, "mode": "scratch"})

@@ -19,24 +19,27 @@ from tf_models.models.classifier import BACKBONE_LAYER, build_classifier
 from tf_models.models.face_embedder import MarginLogits, build_face_embedder, is_face_embedder, save_face_weights
 
 FACES_BACKBONE = "mobilenetv2"
+SHIPPED = ["mobilenetv2", "alexnet_bn"]  # every backbone with face weights in the package
 
 
-def test_faces_weights_ship_for_the_registry_backbone_and_are_small():
-    assert FACES_BACKBONE in backbones_with_face_weights()
-    spec = get_backbone(FACES_BACKBONE)
+@pytest.mark.parametrize("backbone", SHIPPED)
+def test_faces_weights_ship_for_the_registry_backbone_and_are_small(backbone):
+    assert backbone in backbones_with_face_weights()
+    spec = get_backbone(backbone)
     path = backbones.face_weights_path(spec)  # hash checked
     assert path.stat().st_size <= 12 * 2**20
     assert (path.parent / "MODEL_CARD.md").is_file()
 
 
-def test_faces_embedder_loads_offline_and_tells_people_apart(monkeypatch):
+@pytest.mark.parametrize("backbone", SHIPPED)
+def test_faces_embedder_loads_offline_and_tells_people_apart(monkeypatch, backbone):
     def no_network(*args, **kwargs):
         raise AssertionError("weights='faces' must not download anything")
 
     monkeypatch.setattr(keras.utils, "get_file", no_network)
-    embedder = build_face_embedder(FACES_BACKBONE)
+    embedder = build_face_embedder(backbone)
     assert is_face_embedder(embedder)
-    spec = get_backbone(FACES_BACKBONE)
+    spec = get_backbone(backbone)
     assert tuple(embedder.input_shape[1:3]) == spec.faces.input_size
     # Real faces: ORL photos (never used in pretraining) of the same person are closer than of others.
     from tf_models.faces.framing import resize_to_input
@@ -67,8 +70,8 @@ def test_classifier_starts_from_the_faces_backbone_in_transfer_and_finetune():
 def test_faces_weights_for_another_backbone_is_a_clear_error():
     with pytest.raises(FaceWeightsError, match=r"No face-pretrained weights are shipped for resnet50.*mobilenetv2"):
         build_classifier("resnet50", 2, input_shape=(32, 32), weights="faces")
-    with pytest.raises(FaceWeightsError, match="Backbones with weights='faces': mobilenetv2"):
-        build_face_embedder("alexnet_bn")
+    with pytest.raises(FaceWeightsError, match="Backbones with weights='faces': mobilenetv2, alexnet_bn"):
+        build_face_embedder("vgg16")
 
 
 def test_corrupt_or_foreign_faces_weights_are_refused(tmp_path, monkeypatch):

@@ -153,8 +153,8 @@ BACKBONES: dict[str, BackboneSpec] = {
                      "block_16_expand",
                      _keras_notop("mobilenet_v2/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_{rows}_no_top.h5",
                                   None),
-                     faces=FaceWeights("mobilenetv2_faces.npz", "d560d08515220519117f45d7267ef1ecaa6ee7fe3426c6fb3b693dc73ff47af1", (112, 112), 128,
-                                       aligned=True, gallery_threshold=0.5105)),
+                     faces=FaceWeights("mobilenetv2_faces.npz", "35293a73a1767f38018e74706bbb39ef4c55a20650945f229d281da20355d1ed",
+                                       (112, 112), 128, aligned=True, gallery_threshold=0.4895)),
         BackboneSpec("efficientnetv2b0", "keras.applications.efficientnet_v2", _efficientnetv2_b0,
                      _torch_preprocess_input, "torch", (224, 224), (32, 32), 1280,
                      "block6a_expand_conv",
@@ -169,7 +169,9 @@ BACKBONES: dict[str, BackboneSpec] = {
                      (alexnet.MIN_SIZE,) * 2, 256, "conv5", None),
         BackboneSpec("alexnet_bn", "tf_models.models.alexnet (BatchNorm variant)", alexnet.AlexNetBN,
                      alexnet.preprocess_input, "torch", (alexnet.DEFAULT_SIZE,) * 2,
-                     (alexnet.MIN_SIZE,) * 2, 256, "conv5", None),
+                     (alexnet.MIN_SIZE,) * 2, 256, "conv5", None,
+                     faces=FaceWeights("alexnet_bn_faces.npz", "340b0e0cc2d11c3c759b8c7d0391aae978b18ad89c36c0ce2e97a7e1cbe588de",
+                                       (112, 112), 128, aligned=True, gallery_threshold=0.3864)),
     )
 }
 

@@ -25,9 +25,8 @@ import json
 import math
 import time
 import weakref
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 import keras
 import numpy as np
@@ -45,64 +44,12 @@ from tf_models.models.classifier import BACKBONE_LAYER, inference_function
 from tf_models.models.face_embedder import (PROJECTION_BN_LAYER, PROJECTION_LAYER, MarginLogits,
                                             assign_embedder_arrays, build_face_embedder, save_face_weights)
 from tf_models.train.face_data import FramedFaces, prepare_faces
+from tf_models.train.face_recipe import LOSSES, PretrainConfig
 
-LOSSES = ("distill", "arcface", "cosface", "distill+arcface", "distill+cosface")
 EMBEDDER_FILE = "embedder.keras"
 FACE_WEIGHTS_FILE = "face_weights.npz"
 PRETRAIN_CONFIG_FILE = "pretrain_config.yaml"
 BATCHNORM_MOMENTUM = 0.99
-
-
-@dataclass
-class PretrainConfig:
-    """Every setting of a face pretraining run (the YAML recipe's keys)."""
-
-    data_root: str = "../shared/data"  # the shared data folder (faces/, celeba/)
-    include_celeba: bool = True  # CelebA's 4,657 anonymous identities as training people
-    run_dir: str = "runs/faces/mobilenetv2_distill"
-    cache_dir: str = ".cache/face_pretraining"  # framed faces + teacher embeddings
-    crop_align: bool = CropSettings.align  # faces turned upright on their 5 keypoints (FaceWeights.aligned when shipped)
-    backbone: str = "mobilenetv2"
-    input_size: tuple[int, int] = (112, 112)  # the usual face-recognition size; ~3 ms a face on 2 cores
-    embedding_dim: int = 128  # = dlib's, so distillation compares like with like
-    loss: str = "distill"  # one of LOSSES
-    margin_weight: float = 0.1  # weight of the margin softmax in the combined losses
-    margin: float = 0.3
-    scale: float = 30.0
-    epochs: int = 20
-    batch_size: int = 64
-    lr: float = 2e-3
-    weight_decay: float = 5e-5
-    warmup_epochs: int = 1
-    dropout: float = 0.1
-    downscale_probability: float = 0.5  # a face shrunk to 24..full pixels and blown back up
-    jpeg_probability: float = 0.5  # re-compressed at quality 30..95
-    val_people_fraction: float = 0.03  # training people held back to watch progress (not the benchmark's)
-    workers: int = 2  # processes framing faces
-    seed: int = 0
-    init_from: str | None = None  # an earlier run's embedder.keras or face_weights.npz: a second schedule
-
-    def __post_init__(self) -> None:
-        if self.loss not in LOSSES:
-            raise ValueError(f"loss must be one of {LOSSES}. Received: loss={self.loss!r}")
-        self.input_size = tuple(int(v) for v in self.input_size)
-
-    @classmethod
-    def from_yaml(cls, path: str | Path, **overrides: Any) -> "PretrainConfig":
-        values = yaml.safe_load(Path(path).read_text()) or {}
-        unknown = set(values) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"Unknown keys in {path}: {sorted(unknown)}. Valid: {[f.name for f in fields(cls)]}")
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)
-
-    @property
-    def uses_teacher(self) -> bool:
-        return self.loss.startswith("distill")
-
-    @property
-    def margin_loss(self) -> str | None:
-        return next((name for name in ("arcface", "cosface") if name in self.loss), None)
 
 
 # Pose and colour: the suite's own augmenter (fused geometry, stateless), applied per batch.
@@ -295,6 +242,26 @@ def load_pretraining_faces(config: PretrainConfig) -> tuple[pd.DataFrame, Framed
     return rows, faces
 
 
+def training_people(rows: pd.DataFrame, config: PretrainConfig) -> tuple[pd.Series, pd.Series]:
+    """(trained on, held back to watch progress): boolean masks over ``rows``. Both come from the
+    ``train`` split (the benchmark's people are apart); a person is held back by a hash of their name."""
+    train_people = rows.loc[rows["split"] == "train", "person"]
+    held_back = {p for p in train_people.unique() if (unit_hash(p + "#val") < config.val_people_fraction)}
+    is_train = (rows["split"] == "train") & ~rows["person"].isin(held_back)
+    return is_train, rows["person"].isin(held_back)
+
+
+def centred_teacher(teacher: np.ndarray, is_train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(unit targets, the mean taken off): the teacher's embeddings minus their mean over the training photos.
+
+    dlib's embeddings all lie in a narrow cone (their mean has length ~0.9; two strangers score ~0.85
+    cosine). Matching them as they are, a student scores 0.82 by outputting the mean direction and
+    learns nothing that tells people apart (measured: 50% pair accuracy after an epoch)."""
+    mean = teacher[is_train].mean(axis=0)
+    centred = teacher - mean
+    return centred / np.maximum(np.linalg.norm(centred, axis=1, keepdims=True), 1e-12), mean
+
+
 def pretrain(config: PretrainConfig, faces: FramedFaces | None = None, verbose: int | str = 2,
              extra_callbacks: list[keras.callbacks.Callback] = ()) -> Path:
     """Trains (or resumes) the face embedder of ``config``; returns the run folder.
@@ -309,22 +276,14 @@ def pretrain(config: PretrainConfig, faces: FramedFaces | None = None, verbose: 
     if faces is None:
         _, faces = load_pretraining_faces(config)
     rows = faces.rows
-    train_people = rows.loc[rows["split"] == "train", "person"]
-    held_back = {p for p in train_people.unique() if (unit_hash(p + "#val") < config.val_people_fraction)}
-    is_train = (rows["split"] == "train") & ~rows["person"].isin(held_back)
-    is_val = rows["person"].isin(held_back)
+    is_train, is_val = training_people(rows, config)
+    held_back = rows.loc[is_val, "person"].unique()
     classes = sorted(rows.loc[is_train, "person"].unique())
     index = {name: k for k, name in enumerate(classes)}
     labels = rows.loc[is_train, "person"].map(index).to_numpy()
     teacher = faces.teacher
     if teacher is not None:
-        # dlib's embeddings all lie in a narrow cone (their mean has length ~0.9; two strangers score
-        # ~0.85 cosine). Matching them as they are, a student scores 0.82 by outputting the mean
-        # direction and learns nothing that tells people apart (measured: 50% pair accuracy after an
-        # epoch). The target is the teacher's embedding minus its mean over the training photos.
-        teacher_mean = teacher[is_train.to_numpy()].mean(axis=0)
-        teacher = teacher - teacher_mean
-        teacher /= np.maximum(np.linalg.norm(teacher, axis=1, keepdims=True), 1e-12)
+        teacher, teacher_mean = centred_teacher(teacher, is_train.to_numpy())
         (run_dir / "teacher_mean.json").write_text(json.dumps([round(float(v), 7) for v in teacher_mean]))
     train_crops = faces.crops[is_train.to_numpy()]
     dataset = training_dataset(train_crops, labels, teacher[is_train.to_numpy()] if teacher is not None else None,
@@ -360,5 +319,5 @@ def pretrain(config: PretrainConfig, faces: FramedFaces | None = None, verbose: 
     return run_dir
 
 
-__all__ = ["LOSSES", "PretrainConfig", "build_training_model", "embed_crops", "load_embedder_weights", "load_pretraining_faces",
-           "pair_accuracy", "pretrain", "training_dataset"]
+__all__ = ["LOSSES", "PretrainConfig", "build_training_model", "centred_teacher", "embed_crops", "load_embedder_weights", "load_pretraining_faces",
+           "pair_accuracy", "pretrain", "training_dataset", "training_people"]

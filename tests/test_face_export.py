@@ -1,0 +1,96 @@
+"""The portable face pretraining set (pretrain_faces.py --export) and the torch-backend trainer that reads it."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tf_models.images import resize_images
+from tf_models.train.face_data import FramedFaces
+from tf_models.train.face_export import MANIFEST_FILE, export_pretraining_set
+from tf_models.train.face_pretraining import PretrainConfig, centred_teacher, training_people
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "pretrain_faces_torch.py"
+
+
+def _torch_script():
+    spec = importlib.util.spec_from_file_location("pretrain_faces_torch", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # imports neither torch nor TensorFlow until main() runs
+    return module
+
+
+def _faces(n_people: int = 12, per_person: int = 3) -> FramedFaces:
+    """Smooth synthetic 'faces' (gradients: what WebP keeps well), people in the train and eval splits."""
+    rng = np.random.default_rng(0)
+    n = n_people * per_person
+    people = np.repeat([f"person{k:02d}" for k in range(n_people)], per_person)
+    split = np.where(np.repeat(np.arange(n_people), per_person) < n_people - 2, "train", "eval")
+    rows = pd.DataFrame({"source": [f"p{i}.jpg" for i in range(n)], "person": people, "split": split})
+    ramp = np.linspace(0, 1, 160, dtype=np.float32)
+    base = rng.uniform(40, 200, size=(n, 1, 1, 3)).astype(np.float32)
+    crops = np.clip(base + 50 * ramp[None, :, None, None] - 30 * ramp[None, None, :, None], 0, 255).astype(np.uint8)
+    teacher = rng.normal(size=(n, 128)).astype(np.float32) + 3.0  # a narrow cone, like dlib's
+    teacher[-1] = np.nan  # an eval photo the teacher missed: not exported, so no error
+    return FramedFaces(rows, crops, np.full((n, 5, 2), np.nan, np.float32), teacher, [])
+
+
+def test_export_holds_what_pretraining_trains_on_and_the_torch_trainer_reads_it_back(tmp_path):
+    faces = _faces()
+    config = PretrainConfig(val_people_fraction=0.3, input_size=(112, 112))
+    folder = export_pretraining_set(faces, config, tmp_path / "set", progress=False)
+    assert (folder / MANIFEST_FILE).is_file()
+    pixels, meta, manifest = _torch_script().load_export(folder)
+
+    is_train, is_val = (m.to_numpy() for m in training_people(faces.rows, config))
+    assert is_val.any() and is_train.any()  # the fraction holds some people back here
+    exported = np.flatnonzero(is_train | is_val)
+    np.testing.assert_array_equal(meta["row"], exported)  # the eval split's people stay out
+    np.testing.assert_array_equal(meta["is_val"], is_val[exported])
+    assert list(meta["person"]) == list(faces.rows["person"].to_numpy()[exported])
+    targets, mean = centred_teacher(faces.teacher, is_train)
+    np.testing.assert_allclose(meta["teacher"].astype(np.float32), targets[exported], atol=2e-3)
+    np.testing.assert_allclose(manifest["teacher_mean"], mean, atol=1e-5)
+    assert manifest["photos_trained_on"] == is_train.sum() and manifest["input_size"] == [112, 112]
+
+    assert pixels.shape == (len(exported), 112, 112, 3) and pixels.dtype == np.uint8
+    reference = np.asarray(resize_images(faces.crops[exported], (112, 112)))
+    assert np.abs(pixels.astype(np.float32) - reference).mean() < 3.0  # the suite's resize, then WebP
+
+
+def test_export_refuses_faces_without_teacher_targets(tmp_path):
+    faces = _faces()
+    without = FramedFaces(faces.rows, faces.crops, faces.keypoints, None, [])
+    with pytest.raises(ValueError, match="teacher"):
+        export_pretraining_set(without, PretrainConfig(), tmp_path / "set", progress=False)
+    nan_in_training = FramedFaces(faces.rows, faces.crops, faces.keypoints, np.full_like(faces.teacher, np.nan), [])
+    with pytest.raises(ValueError, match="NaN"):
+        export_pretraining_set(nan_in_training, PretrainConfig(), tmp_path / "set2", progress=False)
+
+
+def test_torch_trainer_progress_figure_separates_people_and_not_noise():
+    pair_accuracy = _torch_script().pair_accuracy
+    rng = np.random.default_rng(1)
+    people = np.repeat([f"p{k}" for k in range(30)], 3)
+    centres = rng.normal(size=(30, 16))
+    vectors = np.repeat(centres, 3, axis=0) + 0.01 * rng.normal(size=(90, 16))
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    assert pair_accuracy(vectors, people, pairs=500) == 1.0
+    noise = rng.normal(size=(90, 16))
+    assert pair_accuracy(noise / np.linalg.norm(noise, axis=1, keepdims=True), people, pairs=500) < 0.65
+    assert np.isnan(pair_accuracy(vectors[:3], np.array(["a"] * 3)))  # one person: no impostors
+
+
+def test_torch_trainer_augmentation_keeps_shape_and_range():
+    torch = pytest.importorskip("torch")  # the trainer's own dependency, not the suite's
+    generator = torch.Generator().manual_seed(0)
+    augment = _torch_script().FaceAugmenter(1.0, 1.0, generator)
+    faces = torch.from_numpy(_faces().crops[:8])
+    out = augment(faces)
+    assert out.shape == (8, 160, 160, 3) and out.dtype == torch.float32
+    assert float(out.min()) >= 0 and float(out.max()) <= 255
+    assert not torch.equal(out, faces.float())  # something changed
