@@ -21,8 +21,8 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	touch $(STAMP)
 
 # The main job on the bundled samples, offline and CPU-friendly: from scratch (72x72) beside transfer
-# and fine-tuning from the shipped face-pretrained weights (112x112, no download); backbones without
-# face weights get a row saying so.
+# and fine-tuning from the shipped face-pretrained weights (112x112, no download) for both backbones;
+# a backbone without face weights would get a row saying so.
 DEMO_COMMON := --modes scratch transfer finetune --weights faces --input-size 72 72 --runs-dir runs/demo --results-dir results
 
 demo: setup

@@ -11,7 +11,7 @@ Distillation needs dlib's embedding: pip install dlib-bin face_recognition_model
 
     python scripts/pretrain_faces.py --export faces_set   # the framed faces + targets, for a torch GPU box
 
-``--export`` writes the photos trained on and their targets to a small folder (about 35 MB) for
+``--export`` writes the photos trained on and their targets to a small folder (about 41 MB) for
 ``scripts/pretrain_faces_torch.py``: the same recipe on Keras's torch backend, on a machine with a
 GPU and PyTorch but no TensorFlow or shared data.
 """

@@ -13,8 +13,8 @@ recipe is ``tf_models.train.face_pretraining``'s ``distill`` loss (1 - cosine to
 embedding), its augmentation (down-scaling, JPEG, colour, rotation, crop, mirror) done on the GPU
 in torch, AdamW with a warm-up and a cosine schedule, BatchNorm momentum 0.99.
 
-``--minutes`` fixes the length by time: a few steps are timed, then the schedule is set to fill the
-budget (what a lent GPU allows); otherwise the recipe's epochs. The run folder gets
+``--minutes`` fixes the length by time (what a lent GPU allows): the schedule follows the fraction of
+the budget spent, so it ends at 0 on time however the GPU's speed varies; otherwise the recipe's epochs. The run folder gets
 ``face_weights.npz``, ``pretrain_config.yaml`` (what ``scripts/bench_faces.py --run`` reads) and
 ``history.csv`` (held-back people's pair accuracy and teacher cosine, as the TensorFlow recipe logs).
 """
@@ -45,6 +45,9 @@ COLOUR_JITTER = (0.3, 0.3, 0.3, 0.05)  # brightness, contrast, saturation, hue (
 def load_export(folder: str | Path) -> tuple[np.ndarray, dict[str, np.ndarray], dict]:
     """(uint8 N x H x W x 3 faces, per-photo arrays, manifest) of a ``pretrain_faces.py --export`` folder."""
     folder = Path(folder)
+    if not (folder / "manifest.json").is_file():
+        raise FileNotFoundError(f"{folder} is not an export (no manifest.json): make one with "
+                                f"scripts/pretrain_faces.py --export DIR. Received: --data {folder}")
     manifest = json.loads((folder / "manifest.json").read_text())
     blobs, columns = [], []
     for part in sorted(folder.glob("part-*.npz")):
@@ -63,6 +66,14 @@ def load_export(folder: str | Path) -> tuple[np.ndarray, dict[str, np.ndarray], 
     with ThreadPoolExecutor(min(16, os.cpu_count() or 1)) as pool:
         faces = np.stack(list(pool.map(decode, blobs, chunksize=256)))
     return faces, meta, manifest
+
+
+def learning_rate(done: float, peak: float, warmup: float) -> float:
+    """The recipe's schedule at ``done`` (0..1) of the run: linear warm-up over the first ``warmup``, then
+    cosine from ``peak`` to 0."""
+    if done < warmup:
+        return peak * (done + 1e-3) / warmup
+    return peak * 0.5 * (1 + math.cos(math.pi * min(1.0, (done - warmup) / max(1e-9, 1 - warmup))))
 
 
 def pair_accuracy(embeddings: np.ndarray, people: np.ndarray, pairs: int = 3000, seed: int = 0) -> float:
@@ -94,7 +105,9 @@ class FaceAugmenter:
 
     Down-scaling to 24..H pixels and back, JPEG re-compression at quality 30-95 (each with its
     probability), then one affine warp (crop 80-100% of the area, ratio 0.9-1.1, rotation, mirror;
-    reflected borders) and colour jitter: ``tf_models.train.face_pretraining``'s, in torch."""
+    reflected borders) and colour jitter: ``tf_models.train.face_pretraining``'s, in torch, with three
+    differences: hue turns in YIQ (not HSV), one down-scale size and one JPEG quality per batch (not per
+    face), and both act on the exported 112x112 faces (not the 160x160 crops before their resize)."""
 
     def __init__(self, downscale_probability: float, jpeg_probability: float, generator) -> None:
         import torch
@@ -161,10 +174,10 @@ class FaceAugmenter:
         def grey(image):
             return 0.299 * image[:, 0:1] + 0.587 * image[:, 1:2] + 0.114 * image[:, 2:3]
 
-        x = x * factor(brightness)
+        x = (x * factor(brightness)).clamp(0, 255)  # clamped after each step, as the TensorFlow augmenter
         mean = grey(x).mean(dim=(2, 3), keepdim=True)
-        x = (x - mean) * factor(contrast) + mean
-        x = grey(x) + (x - grey(x)) * factor(saturation)
+        x = ((x - mean) * factor(contrast) + mean).clamp(0, 255)
+        x = (grey(x) + (x - grey(x)) * factor(saturation)).clamp(0, 255)
         yiq = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], device=x.device)
         turn = self._uniform(n, -hue, hue) * 2 * math.pi  # hue: a rotation of the chroma plane of YIQ
         rotation = torch.zeros(n, 3, 3, device=x.device)
@@ -184,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, help="a folder written by scripts/pretrain_faces.py --export")
     parser.add_argument("--config", default="configs/pretrain_faces.yaml", help="recipe (YAML)")
-    parser.add_argument("--run-dir", help="run folder (default: the recipe's)")
+    parser.add_argument("--run-dir", help="run folder (default: runs/faces/BACKBONE_torch)")
     parser.add_argument("--backbone", help="registry backbone to train")
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--minutes", type=float, help="wall-clock budget: the schedule is fitted to it "
@@ -205,14 +218,19 @@ def main(argv: list[str] | None = None) -> int:
     from tf_models.models.face_embedder import assign_embedder_arrays, build_face_embedder, save_face_weights
     from tf_models.train.face_recipe import PretrainConfig
 
-    config = PretrainConfig.from_yaml(args.config, run_dir=args.run_dir, backbone=args.backbone, epochs=args.epochs,
+    config = PretrainConfig.from_yaml(args.config, backbone=args.backbone, epochs=args.epochs,
                                       batch_size=args.batch_size, lr=args.lr, init_from=args.init_from)
+    # Not the recipe's run folder: that one is the TensorFlow run's, and a second backend must not overwrite it.
+    config.run_dir = args.run_dir or f"runs/faces/{config.backbone}_torch"
     if keras.backend.backend() != "torch":
         parser.error(f"This script trains on Keras's torch backend. Received: KERAS_BACKEND={keras.backend.backend()}")
     if config.loss != "distill":
         parser.error(f"Only the distill loss is implemented here. Received: loss={config.loss!r}")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     out = Path(config.run_dir)
+    if (out / "face_weights.npz").exists():
+        parser.error(f"{out} already holds a run's face_weights.npz: give another --run-dir (or delete it). "
+                     f"Received: --run-dir {out}")
     out.mkdir(parents=True, exist_ok=True)
     faces, meta, manifest = load_export(args.data)
     if tuple(manifest["input_size"]) != config.input_size or manifest["crop_align"] != config.crop_align:
@@ -265,22 +283,9 @@ def main(argv: list[str] | None = None) -> int:
 
     steps_per_epoch = max(1, len(train) // config.batch_size)
     total = config.epochs * steps_per_epoch
-    if args.minutes is not None:  # time a few steps (after a warm-up: kernels are chosen on the first calls)
-        for _ in range(3):
-            train_step(config.lr * 0.01)
-        if device == "cuda":
-            torch.cuda.synchronize()
-        timed = time.time()
-        for _ in range(10):
-            train_step(config.lr * 0.02)
-        if device == "cuda":
-            torch.cuda.synchronize()
-        step_seconds = (time.time() - timed) / 10
-        left = args.minutes * 60 - (time.time() - started) - 30  # the last evaluation and saving
-        total = max(10, int(0.93 * left / step_seconds))
-        print(f"{step_seconds * 1000:.1f} ms a step ({config.batch_size / step_seconds:.0f} faces/s): "
-              f"{total} steps, {total / steps_per_epoch:.1f} epochs", flush=True)
-    warmup = max(1, min(config.warmup_epochs * steps_per_epoch, total // 10))
+    warmup = min(0.1, config.warmup_epochs / max(1, config.epochs))  # a fraction of the run
+    # --minutes: the schedule follows the time left, not a step count fitted once (a shared GPU's speed drifts)
+    budget_start, budget = time.time(), (args.minutes * 60 - (time.time() - started) - 30 if args.minutes else None)
     history: list[dict] = []
     last_eval, loss, lr, step = time.time(), torch.zeros(()), config.lr, 0
 
@@ -296,16 +301,17 @@ def main(argv: list[str] | None = None) -> int:
                 writer.writeheader()
                 writer.writerows(history)
 
-    for step in range(total):
-        lr = config.lr * (step + 1) / warmup if step < warmup else \
-            config.lr * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+    step = -1
+    while True:
+        done = (time.time() - budget_start) / budget if budget is not None else (step + 1) / total
+        if done >= 1.0:
+            break
+        step += 1
+        lr = learning_rate(done, config.lr, warmup)
         loss = train_step(lr)
         if time.time() - last_eval > args.eval_every * 60:
             record()
             last_eval = time.time()
-        if args.minutes is not None and time.time() - started > args.minutes * 60 - 20:
-            print(f"time budget reached at step {step + 1} of {total}", flush=True)
-            break
     record(final=True)
     device_name = torch.cuda.get_device_name() if device == "cuda" else "CPU"
     trained = {**asdict(config), "input_size": list(config.input_size), "epochs": max(1, round((step + 1) / steps_per_epoch))}

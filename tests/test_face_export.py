@@ -94,3 +94,60 @@ def test_torch_trainer_augmentation_keeps_shape_and_range():
     assert out.shape == (8, 160, 160, 3) and out.dtype == torch.float32
     assert float(out.min()) >= 0 and float(out.max()) <= 255
     assert not torch.equal(out, faces.float())  # something changed
+
+
+def test_export_leaves_a_foreign_folder_alone_and_replaces_an_earlier_export(tmp_path):
+    faces, config = _faces(), PretrainConfig(val_people_fraction=0.3)
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match="not an earlier export"):
+        export_pretraining_set(faces, config, foreign, progress=False)
+    assert (foreign / "notes.txt").read_text() == "keep me"
+    folder = export_pretraining_set(faces, config, tmp_path / "set", progress=False)
+    (folder / "part-099.npz").write_bytes(b"stale part of a bigger export")
+    export_pretraining_set(faces, config, folder, progress=False)
+    assert not (folder / "part-099.npz").exists()
+    assert len(_torch_script().load_export(folder)[0]) == len(faces.rows) - 6  # 2 eval people x 3 photos
+
+
+def test_torch_trainer_schedule_warms_up_then_falls_to_zero():
+    learning_rate = _torch_script().learning_rate
+    values = [learning_rate(k / 100, 0.002, 0.1) for k in range(101)]
+    assert values[0] < 0.0001 and max(values) == pytest.approx(0.002, rel=0.02)
+    peak = int(np.argmax(values))
+    assert 9 <= peak <= 11
+    assert all(a >= b for a, b in zip(values[peak:], values[peak + 1:]))  # no rise after the warm-up
+    assert values[-1] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_torch_trainer_imports_no_tensorflow():
+    """The GPU machine it is for has no TensorFlow: nothing it imports from the package may import it at load."""
+    import ast
+
+    root = SCRIPT.parents[1]
+    tree = ast.parse(SCRIPT.read_text())
+    todo = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and (n.module or "").startswith("tf_models")}
+    seen: set[str] = set()
+    while todo:
+        name = todo.pop()
+        parts = name.split(".")
+        for k in range(1, len(parts) + 1):  # a module and the packages above it
+            module = ".".join(parts[:k])
+            if module in seen:
+                continue
+            seen.add(module)
+            path = root.joinpath(*module.split("."))
+            path = path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+            if not path.is_file():
+                continue
+            for node in ast.parse(path.read_text()).body:  # top level only: imports inside functions wait for a call
+                if isinstance(node, ast.Import):
+                    names = [a.name for a in node.names]
+                elif isinstance(node, ast.ImportFrom):  # the module, and its names that may be submodules
+                    names = [node.module or ""] + [f"{node.module}.{a.name}" for a in node.names]
+                else:
+                    names = []
+                assert not any(n.split(".")[0] == "tensorflow" for n in names), f"{module} imports TensorFlow at load"
+                todo |= {n for n in names if n.startswith("tf_models")}
+    assert {"tf_models.models.face_embedder", "tf_models.models.alexnet", "tf_models.train.face_recipe"} <= seen

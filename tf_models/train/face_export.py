@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import io
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -37,15 +36,20 @@ def export_pretraining_set(faces: FramedFaces, config: PretrainConfig, out: str 
     if not 1 <= quality <= 100:
         raise ValueError(f"quality must be 1..100. Received: quality={quality}")
     out = Path(out)
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
+    if out.exists() and any(out.iterdir()) and not (out / MANIFEST_FILE).is_file():
+        raise FileExistsError(f"{out} holds other files and no {MANIFEST_FILE}: not an earlier export, left as it is. "
+                              f"Give a new or empty folder. Received: out={str(out)!r}")
     rows = faces.rows
     is_train, is_val = (mask.to_numpy() for mask in training_people(rows, config))
     targets, mean = centred_teacher(faces.teacher, is_train)
     keep = np.flatnonzero(is_train | is_val)
-    if not np.isfinite(targets[keep]).all():
-        raise ValueError("Some exported photos have no teacher embedding (NaN): re-prepare the faces")
+    missing = keep[~np.isfinite(targets[keep]).all(axis=1)]
+    if len(missing):
+        raise ValueError(f"{len(missing)} photos to export have no teacher embedding (NaN), the first "
+                         f"{rows['source'].iloc[missing[0]]!r}: prepare the faces again")
+    out.mkdir(parents=True, exist_ok=True)
+    for old in [*out.glob("part-*.npz"), out / MANIFEST_FILE]:  # an earlier export, replaced
+        old.unlink(missing_ok=True)
     people = rows["person"].to_numpy().astype(str)
     sizes = []
     for part, start in enumerate(tqdm(range(0, len(keep), PART_ROWS), desc="exporting faces", unit="part",
