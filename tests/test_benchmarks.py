@@ -10,6 +10,8 @@ import csv
 import pytest
 from conftest import SHARED_DATA
 
+from tf_models.models.backbones import backbones_with_face_weights
+
 pytestmark = pytest.mark.slow
 
 
@@ -46,15 +48,19 @@ def test_bench_inference_times_the_shipped_face_embedder_per_face(tmp_path, caps
     assert main(["--face-embedder", "--runtimes", "keras-predict,compiled,onnx", "--repeats", "2", "--batch", "2",
                  "--batch-repeats", "1", "--out", str(tmp_path)]) == 0
     rows = _rows(tmp_path / "bench_inference.csv")
-    assert {r["backbone"] for r in rows} == {"mobilenetv2"} and {r["input"] for r in rows} == {"112x112"}
-    served = [r for r in rows if r["served"] == "True"]
-    assert [r["runtime"] for r in served] != ["keras-predict"] and len(served) == 1  # never the baseline
-    assert float(served[0]["p50_ms"]) == min(float(r["p50_ms"]) for r in rows if r["runtime"] in ("compiled", "onnx"))
+    shipped = set(backbones_with_face_weights())  # by default every backbone with face weights, at their size
+    assert {r["backbone"] for r in rows} == shipped == {"mobilenetv2", "alexnet_bn"}
+    assert {r["input"] for r in rows} == {"112x112"}
+    headline = capsys.readouterr().out.strip().splitlines()[-1]
+    assert headline.startswith("face embedder served on ") and "target <= 10 ms" in headline
+    for backbone in shipped:
+        mine = [r for r in rows if r["backbone"] == backbone]
+        served = [r for r in mine if r["served"] == "True"]
+        assert len(served) == 1 and served[0]["runtime"] != "keras-predict"  # one each, never the baseline
+        assert float(served[0]["p50_ms"]) == min(float(r["p50_ms"]) for r in mine if r["runtime"] in ("compiled", "onnx"))
+        assert f"{backbone} 112x112: {served[0]['runtime']} " in headline and "ms a face" in headline
     markdown = (tmp_path / "bench_inference.md").read_text(encoding="utf-8")
     assert "--face-embedder" in markdown and "mirror view" in markdown
-    headline = capsys.readouterr().out.strip().splitlines()[-1]
-    assert headline.startswith("face embedder served on ") and f"{served[0]['runtime']} " in headline
-    assert "ms a face" in headline and "target <= 10 ms" in headline
     with pytest.raises(SystemExit):  # no face weights for alexnet: a usage error naming the ones that have them
         main(["--face-embedder", "--backbones", "alexnet", "--out", str(tmp_path)])
 
