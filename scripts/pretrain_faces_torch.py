@@ -76,30 +76,6 @@ def learning_rate(done: float, peak: float, warmup: float) -> float:
     return peak * 0.5 * (1 + math.cos(math.pi * min(1.0, (done - warmup) / max(1e-9, 1 - warmup))))
 
 
-def pair_accuracy(embeddings: np.ndarray, people: np.ndarray, pairs: int = 3000, seed: int = 0) -> float:
-    """Best-threshold accuracy on ``pairs`` genuine and as many impostor pairs (a progress figure)."""
-    rng = np.random.default_rng(seed)
-    groups: dict[str, list[int]] = {}
-    for i, person in enumerate(people):
-        groups.setdefault(person, []).append(i)
-    multi = [g for g in groups.values() if len(g) >= 2]
-    if not multi or len(groups) < 2:
-        return float("nan")
-    genuine = [tuple(rng.choice(g, 2, replace=False)) for g in (multi[k] for k in rng.integers(len(multi), size=pairs))]
-    impostor: list[tuple[int, int]] = []
-    while len(impostor) < pairs:
-        a, b = rng.integers(len(people), size=2)
-        if people[a] != people[b]:
-            impostor.append((a, b))
-    chosen = np.array(genuine + impostor)
-    same = np.r_[np.ones(pairs, bool), np.zeros(pairs, bool)]
-    scores = np.sum(embeddings[chosen[:, 0]] * embeddings[chosen[:, 1]], axis=1)
-    order = np.argsort(-scores)  # threshold just below each score: accepted = the first k
-    accepted_genuine = np.cumsum(same[order])
-    correct = accepted_genuine + (pairs - (np.arange(1, 2 * pairs + 1) - accepted_genuine))
-    return float(correct.max() / (2 * pairs))
-
-
 class FaceAugmenter:
     """The recipe's augmentation on a batch of uint8 faces, on their device: N x H x W x 3 -> float 0..255.
 
@@ -214,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     import yaml
 
+    from tf_models.faces.verification import pair_accuracy
     from tf_models.models.classifier import BACKBONE_LAYER
     from tf_models.models.face_embedder import assign_embedder_arrays, build_face_embedder, save_face_weights
     from tf_models.train.face_recipe import PretrainConfig
@@ -279,7 +256,8 @@ def main(argv: list[str] | None = None) -> int:
                 for i in range(0, len(held), 512)])
         vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
         cosine = float(np.mean(np.sum(vectors * targets[torch.from_numpy(held).to(device)].cpu().numpy(), axis=1)))
-        return {"val_pair_accuracy": pair_accuracy(vectors, meta["person"][held]), "val_teacher_cosine": cosine}
+        figures = pair_accuracy(vectors, meta["person"][held])  # the TensorFlow recipe's progress figure
+        return {"val_pair_accuracy": figures["pair_accuracy"], "val_teacher_cosine": cosine}
 
     steps_per_epoch = max(1, len(train) // config.batch_size)
     total = config.epochs * steps_per_epoch

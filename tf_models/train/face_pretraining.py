@@ -37,8 +37,7 @@ import yaml
 from tf_models.data.augment import AugmentConfig, build_augmenter
 from tf_models.data.face_sets import identity_disjoint_split, load_face_identities, unit_hash
 from tf_models.faces.crop import CropSettings
-from tf_models.faces.verification import (best_threshold, distinct_genuine_pairs, distinct_impostor_pairs, pair_scores,
-                                          sample_pairs)
+from tf_models.faces.verification import pair_accuracy
 from tf_models.images import resize_images
 from tf_models.models.classifier import BACKBONE_LAYER, inference_function
 from tf_models.models.face_embedder import (PROJECTION_BN_LAYER, PROJECTION_LAYER, MarginLogits,
@@ -185,21 +184,6 @@ def _inference(embedder: keras.Model, input_size: tuple[int, int]):
     if embedder not in _INFERENCE:
         _INFERENCE[embedder] = inference_function(embedder, input_size)
     return _INFERENCE[embedder]
-
-
-def pair_accuracy(embeddings: np.ndarray, people: np.ndarray, pairs: int = 2000, seed: int = 0) -> dict[str, float]:
-    """Best-threshold accuracy on ``pairs`` genuine and as many impostor pairs: a quick progress figure.
-
-    Pairs are drawn with replacement (a person, then two of their photos), which stays fast however the
-    held-back photos are spread; scores and threshold are the benchmark's (``tf_models.faces.verification``),
-    without its folds: the threshold is chosen on the pairs it is judged on. NaN without a person with two
-    photos or without a second person."""
-    if distinct_genuine_pairs(people) == 0 or distinct_impostor_pairs(people) == 0:
-        return {"pair_accuracy": float("nan"), "threshold": float("nan")}
-    chosen, same = sample_pairs(people, pairs, pairs, seed, distinct=False)
-    scores = pair_scores(embeddings, chosen)
-    threshold = best_threshold(scores, same)
-    return {"pair_accuracy": float(np.mean((scores >= threshold) == same)), "threshold": threshold}
 
 
 class _Progress(keras.callbacks.Callback):
