@@ -28,7 +28,8 @@ API (one queue, --concurrency-limit requests at a time), with ``pip install grad
         api_name="/recognise",
     )
     # image: path of the annotated JPEG; table: {"headers": [...], "data": [[face, gender,
-    # gender probability, identity, identity match ("0.82 >= 0.55" or "closest: Ana, 0.41 < 0.55"),
+    # gender probability, identity, identity match ("0.82 >= 0.55", "closest: Ana, 0.41 < 0.55", or
+    # "closest: Ana, 0.61 >= 0.55, but face 2 is closer": one face per person a photo),
     # attendance], ...]}; message: "1 face found. ..."
     # or why nothing was found ("This file cannot be used as a photo: not an image ...").
 

@@ -191,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     import yaml
 
     from tf_models.faces.verification import pair_accuracy
+    from tf_models.models.backbones import load_face_arrays
     from tf_models.models.classifier import BACKBONE_LAYER
     from tf_models.models.face_embedder import assign_embedder_arrays, build_face_embedder, save_face_weights
     from tf_models.train.face_recipe import PretrainConfig
@@ -228,8 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.momentum = min(layer.momentum, BATCHNORM_MOMENTUM)
     if config.init_from:
-        with np.load(config.init_from, allow_pickle=False) as stored:
-            assign_embedder_arrays(embedder, dict(stored), config.backbone)
+        assign_embedder_arrays(embedder, load_face_arrays(config.init_from), config.backbone)
     parameters = [p for p in embedder.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
     generator = torch.Generator(device=device)

@@ -35,11 +35,11 @@ def enrol_dir(tmp_path_factory) -> Path:
     return folder
 
 
-def _class_photo(path: Path) -> Path:
-    """The group photo of strangers with the 5 students' unseen photos in a row under it."""
+def _class_photo(path: Path, present: list[str] = ENROLLED) -> Path:
+    """The group photo of strangers with the ``present`` students' unseen photos in a row under it."""
     group = Image.open(GROUP_PHOTO).convert("RGB")
     group = group.resize((1500, round(group.height * 1500 / group.width)))
-    students = [Image.open(sorted((STUDENTS_SAMPLE / name).iterdir())[5]).convert("RGB") for name in ENROLLED]
+    students = [Image.open(sorted((STUDENTS_SAMPLE / name).iterdir())[5]).convert("RGB") for name in present]
     students = [s.resize((300, round(s.height * 300 / s.width))) for s in students]
     canvas = Image.new("RGB", (1500, group.height + max(s.height for s in students)), (128, 128, 128))
     canvas.paste(group, (0, 0))
@@ -49,28 +49,52 @@ def _class_photo(path: Path) -> Path:
     return path
 
 
+def _students_and_strangers(analysis) -> tuple[list, list]:
+    """(the faces in the students' row, left to right; the faces in the group photo)."""
+    group_height = round(Image.open(GROUP_PHOTO).height * 1500 / Image.open(GROUP_PHOTO).width)
+    students = sorted((f for f in analysis.faces if f.box[1] >= group_height), key=lambda f: f.box[0])
+    strangers = [f for f in analysis.faces if f.box[1] + f.box[3] <= group_height]
+    return students, strangers
+
+
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="issue 14 target not met by today's faces weights (results/faces/faces.md: "
-                   "5-shot identification 78%, open-set FAR 96% at FRR 5%): enrolled students are named as each "
-                   "other and strangers score above the 0.49 threshold. Strict: the day it passes, this marker "
-                   "must go.")
 def test_enrolled_students_are_named_in_a_class_photo_and_strangers_are_unknown(faces_service, enrol_dir, tmp_path):
     messages = faces_service.enrol_folder(enrol_dir)
     assert all(m.startswith("Enrolled") for m in messages), messages
     assert sorted(faces_service.gallery.names) == ENROLLED
-    photo = _class_photo(tmp_path / "class.jpg")
-    analysis = faces_service.analyze(str(photo))
-    group_height = round(Image.open(GROUP_PHOTO).height * 1500 / Image.open(GROUP_PHOTO).width)
-    students = sorted((f for f in analysis.faces if f.box[1] >= group_height), key=lambda f: f.box[0])
-    strangers = [f for f in analysis.faces if f.box[1] + f.box[3] <= group_height]
+    analysis = faces_service.analyze(str(_class_photo(tmp_path / "class.jpg")))
+    students, strangers = _students_and_strangers(analysis)
     assert len(students) == 5 and len(strangers) >= 3, analysis.message
     assert [f.identity for f in students] == ENROLLED
     assert all(f.identity == UNKNOWN for f in strangers), [(f.identity, f.identity_match()) for f in strangers]
-    # The table says why: similarity next to the threshold, and the closest person for an Unknown face.
+    # The table says why: similarity next to the threshold, the closest person for an Unknown face, and
+    # which face took that person when the stranger's similarity alone would have named them.
     table = analysis.table()
-    unknown_row = table[table["identity"] == UNKNOWN].iloc[0]
-    assert unknown_row["identity match"].startswith("closest: ") and " < " in unknown_row["identity match"]
+    for face in strangers:
+        text = table.loc[table["face"] == face.index, "identity match"].iloc[0]
+        assert text.startswith(f"closest: {face.closest}, "), text
+        assert " < " in text or (face.closer_face is not None and text.endswith(f"but face {face.closer_face} is closer"))
+        if face.closer_face is not None:  # the face that took the name is the student, and closer
+            winner = next(f for f in analysis.faces if f.index == face.closer_face)
+            assert winner in students and winner.identity == face.closest
+            assert winner.identity_confidence > face.identity_confidence
     assert all(" >= " in text for text in table[table["identity"] != UNKNOWN]["identity match"])
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="issue 14's embedder gap (results/faces/faces.md: open-set FAR 96% at "
+                   "FRR 5%): with Björn and Chloé absent, two strangers in the group photo score 0.65-0.69 against "
+                   "them, above the 0.49 threshold, and are named. Only a better embedder fixes this; one face "
+                   "per person (match_photo) cannot, since the students they resemble are not in the photo. "
+                   "Strict: the day it passes, this marker must go.")
+def test_strangers_who_look_like_absent_students_are_unknown(faces_service, enrol_dir, tmp_path):
+    faces_service.enrol_folder(enrol_dir)
+    present = ENROLLED[:3]
+    analysis = faces_service.analyze(str(_class_photo(tmp_path / "class.jpg", present)))
+    students, strangers = _students_and_strangers(analysis)
+    assert len(students) == 3 and len(strangers) >= 3, analysis.message
+    assert [f.identity for f in students] == present
+    assert all(f.identity == UNKNOWN for f in strangers), [(f.identity, f.identity_match()) for f in strangers]
 
 
 def test_embedder_predictor_gives_unit_embeddings_and_no_classes(faces_service):
@@ -102,14 +126,14 @@ def test_identity_match_shows_the_similarity_next_to_the_threshold():
     assert unknown.identity_match() == "closest: Ana, 0.41 < 0.55"
     assert nobody.identity_match() == "nobody enrolled"
     assert named.row()[4] == "0.82 >= 0.55" and unknown.row()[3] == UNKNOWN
+    outranked = FaceResult(4, (0, 0, 10, 10), "Male", 0.7, UNKNOWN, 0.61, closest="Ana", threshold=0.55, closer_face=1)
+    assert outranked.identity_match() == "closest: Ana, 0.61 >= 0.55, but face 1 is closer"
 
 
 def test_enrolled_people_are_closest_to_themselves_in_their_next_photo(faces_service, enrol_dir, tmp_path):
     """Enrolment needs no training: each student's unseen photo is nearest to their own enrolment."""
     faces_service.enrol_folder(enrol_dir)
-    analysis = faces_service.analyze(str(_class_photo(tmp_path / "class.jpg")))
-    group_height = round(Image.open(GROUP_PHOTO).height * 1500 / Image.open(GROUP_PHOTO).width)
-    students = sorted((f for f in analysis.faces if f.box[1] >= group_height), key=lambda f: f.box[0])
+    students, _ = _students_and_strangers(faces_service.analyze(str(_class_photo(tmp_path / "class.jpg"))))
     assert len(students) == 5 and all(f.threshold == faces_service.gallery.threshold for f in students)
     closest = [f.closest for f in students]
     assert sum(a == b for a, b in zip(closest, ENROLLED)) >= 4, closest  # 4 of 5 with today's weights

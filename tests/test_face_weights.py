@@ -56,6 +56,62 @@ def test_faces_embedder_loads_offline_and_tells_people_apart(monkeypatch, backbo
     assert similarity[same].mean() > similarity[different].mean() + 0.2
 
 
+def test_packed_arrays_round_trip_within_half_a_step_and_keep_small_arrays_float16(tmp_path):
+    rng = np.random.default_rng(0)
+    kernel = rng.normal(size=(3, 3, 64, 96)).astype(np.float32) * np.linspace(0.01, 1.0, 96, dtype=np.float32)
+    kernel[..., 5] = 0.0  # a dead channel stays exactly zero (its scale would otherwise be 0/0)
+    arrays = {"backbone/conv/kernel": kernel, "backbone/bn/gamma": rng.normal(size=96).astype(np.float32)}
+    digest = backbones.save_face_arrays(arrays, tmp_path / "packed.npz", levels=31)
+    with np.load(tmp_path / "packed.npz", allow_pickle=False) as stored:
+        assert sorted(stored.keys()) == ["backbone/bn/gamma", "backbone/conv/kernel:codes", "backbone/conv/kernel:scale"]
+        assert stored["backbone/conv/kernel:codes"].dtype == np.int8 and stored["backbone/bn/gamma"].dtype == np.float16
+        assert np.abs(stored["backbone/conv/kernel:codes"]).max() == 31
+    loaded = backbones.load_face_arrays(tmp_path / "packed.npz")
+    peak = np.abs(kernel).max(axis=(0, 1, 2))
+    error = np.abs(loaded["backbone/conv/kernel"] - kernel) / np.maximum(peak, 1e-12)
+    assert error.max() <= 0.5 / 31 + 1e-3 and np.all(loaded["backbone/conv/kernel"][..., 5] == 0)
+    np.testing.assert_allclose(loaded["backbone/bn/gamma"], arrays["backbone/bn/gamma"], rtol=1e-3)
+    # float16 only: the layout of a training run's face_weights.npz, read by the same loader
+    backbones.save_face_arrays(arrays, tmp_path / "plain.npz", levels=None)
+    assert sorted(backbones.load_face_arrays(tmp_path / "plain.npz")) == sorted(arrays)
+    assert digest != backbones.save_face_arrays(arrays, tmp_path / "other.npz", levels=63)
+    with pytest.raises(ValueError, match="Received: levels=128"):
+        backbones.pack_face_arrays(arrays, levels=128)
+
+
+def test_codes_without_their_scale_are_a_clear_error(tmp_path):
+    np.savez(tmp_path / "damaged.npz", **{"backbone/conv/kernel:codes": np.ones((3, 3, 4, 8), np.int8)})
+    with pytest.raises(FaceWeightsError, match="without their scale"):
+        backbones.load_face_arrays(tmp_path / "damaged.npz")
+
+
+def test_pack_face_weights_packs_a_run_file_for_shipping(tmp_path):
+    """scripts/pack_face_weights.py's work: AlexNet-BN's float16 run weights -> the packed, small form."""
+    from tf_models.models.face_embedder import pack_face_weights
+
+    embedder = build_face_embedder("alexnet_bn", (72, 72), weights=None)
+    save_face_weights(embedder, tmp_path / "face_weights.npz")
+    report = pack_face_weights(tmp_path / "face_weights.npz", tmp_path / "packed.npz")
+    assert report["bytes_after"] < report["bytes_before"] / 2 and report["arrays_packed"] >= 5
+    assert report["max_relative_error"] <= 0.5 / 31 + 1e-3
+    again = build_face_embedder("alexnet_bn", (72, 72), weights=None)
+    from tf_models.models.face_embedder import assign_embedder_arrays
+
+    assign_embedder_arrays(again, backbones.load_face_arrays(tmp_path / "packed.npz"), "alexnet_bn")
+    crops = np.random.default_rng(0).uniform(0, 255, (4, 72, 72, 3)).astype(np.float32)
+    cosine = np.sum(embedder.predict(crops, verbose=0) * again.predict(crops, verbose=0), axis=1)
+    assert cosine.min() > 0.98, cosine
+    with pytest.raises(ValueError, match="another file"):
+        pack_face_weights(tmp_path / "packed.npz", tmp_path / "packed.npz")
+
+
+def test_shipped_alexnet_bn_weights_are_packed_under_3_mb():
+    path = backbones.face_weights_path(get_backbone("alexnet_bn"))
+    assert path.stat().st_size < 3_000_000
+    with np.load(path, allow_pickle=False) as stored:
+        assert any(key.endswith(backbones.PACKED_CODES) for key in stored.keys())
+
+
 def test_classifier_starts_from_the_faces_backbone_in_transfer_and_finetune():
     arrays = backbones.read_face_weights(get_backbone(FACES_BACKBONE))
     for mode in ("transfer", "finetune"):

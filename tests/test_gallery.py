@@ -116,6 +116,27 @@ def test_known_faces_match_and_outsiders_are_unknown(rng):
     assert all(m.best_name in names and m.similarity < gallery.threshold for m in unknown)
 
 
+def test_match_photo_names_a_person_once_the_closest_face():
+    """One photo: a person appears at most once. The closest face gets the name; another face nearest
+    to them is Unknown (never moved to its second-nearest person), and says which face took it."""
+    gallery = IdentityGallery(threshold=0.5)
+    gallery.enrol("Ana", np.array([[1.0, 0.0, 0.0]]))
+    gallery.enrol("Ben", np.array([[0.0, 1.0, 0.0]]))
+    faces = np.array([[0.7, 0.6, 0.0],   # nearest Ana (0.76), second Ben (0.65): both above the threshold
+                      [0.95, 0.0, 0.3],  # Ana, closer (0.95)
+                      [0.0, 0.3, 0.95],  # nobody reaches the threshold
+                      [0.1, 0.99, 0.0]])  # Ben
+    independent = gallery.match(faces)
+    assert [m.name for m in independent] == ["Ana", "Ana", None, "Ben"]  # separate photos: no rule
+    matches = gallery.match_photo(faces)
+    assert [m.name for m in matches] == [None, "Ana", None, "Ben"]
+    assert matches[0].best_name == "Ana" and matches[0].closer_face == 1
+    assert matches[0].similarity == pytest.approx(independent[0].similarity)
+    assert all(m.closer_face is None for m in matches[1:])
+    assert gallery.match_photo(faces[2:3])[0] == independent[2]  # one face: the same as match()
+    assert [m.name for m in IdentityGallery().match_photo(faces)] == [None] * 4  # empty gallery
+
+
 def test_enrol_without_retraining_then_remove(rng):
     gallery, _, names, test = _calibrated_gallery(rng)
     _, newcomer = make_people(np.random.default_rng(2), 1, 6)

@@ -14,7 +14,8 @@ ANSWER_MAX_SIDE = 640  # the annotated answer image (longer side, pixels): see d
 UNKNOWN = "Unknown"
 UNCERTAIN = "uncertain"
 # "identity match": the cosine similarity to the closest enrolled person next to the gallery's
-# threshold, so a reader sees why a face is named or Unknown ("closest: Ana, 0.41 < 0.55").
+# threshold, so a reader sees why a face is named or Unknown ("closest: Ana, 0.41 < 0.55", or
+# "..., but face 2 is closer" when another face of the same photo took that person).
 TABLE_COLUMNS = ["face", "gender", "gender probability", "identity", "identity match", "attendance"]
 
 
@@ -31,15 +32,19 @@ class FaceResult:
     attendance: str = ""  # "marked present", "already present", or "" (not marked)
     closest: str | None = None  # the nearest enrolled person, named or not (None: empty gallery)
     threshold: float | None = None  # the gallery's cosine threshold the similarity was held against
+    closer_face: int | None = None  # index of the face of this photo that got ``closest`` (closer to them)
 
     def identity_match(self) -> str:
-        """The similarity next to the threshold, in words: "0.82 >= 0.55" or "closest: Ana, 0.41 < 0.55"."""
+        """The similarity next to the threshold, in words: "0.82 >= 0.55", "closest: Ana, 0.41 < 0.55", or
+        "closest: Ana, 0.61 >= 0.55, but face 2 is closer" (one person, one face a photo)."""
         if self.closest is None:
             return "nobody enrolled"
         if self.threshold is None:
             return f"{self.identity_confidence:.2f}"
         relation = ">=" if self.identity_confidence >= self.threshold else "<"
         detail = f"{self.identity_confidence:.2f} {relation} {self.threshold:.2f}"
+        if self.closer_face is not None:
+            detail += f", but face {self.closer_face} is closer"
         return detail if self.identity == self.closest else f"closest: {self.closest}, {detail}"
 
     def row(self) -> list[Any]:

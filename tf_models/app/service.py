@@ -331,6 +331,7 @@ class FaceService:
 
         ``min_confidence``: labels below it show as "uncertain" (gender) or Unknown (identity, on
         top of the gallery's calibrated threshold), and only named faces at or above it are marked.
+        A person is named on one face of the photo at most, the closest (:meth:`IdentityGallery.match_photo`).
         Never raises for a bad photo or bad session fields: the reason is in the returned message.
         """
         if image is None:
@@ -348,7 +349,7 @@ class FaceService:
                             error=True)
         genders = self.gender.predict_faces(pixels, detected)
         identities = self.identity.predict_faces(pixels, detected)
-        matches = self.gallery.match(np.stack([face.embedding for face in identities]))
+        matches = self.gallery.match_photo(np.stack([face.embedding for face in identities]))
         faces = [self._result(k + 1, g, m, min_confidence) for k, (g, m) in enumerate(zip(genders, matches))]
         notes = [f"{found} face{'s' if found != 1 else ''} found."]
         if found > len(detected):
@@ -363,7 +364,8 @@ class FaceService:
         known = match.name is not None and similarity >= min_confidence
         return FaceResult(index, gender.box, gender.label if gender.confidence >= min_confidence else UNCERTAIN,
                           gender.confidence, match.name if known else UNKNOWN, similarity,
-                          closest=match.best_name, threshold=max(self.gallery.threshold, min_confidence))
+                          closest=match.best_name, threshold=max(self.gallery.threshold, min_confidence),
+                          closer_face=None if match.closer_face is None else match.closer_face + 1)
 
     def _mark(self, faces: list[FaceResult], course: str, date: str | dt.date,
               min_confidence: float) -> tuple[list[FaceResult], str]:

@@ -42,11 +42,14 @@ class Match:
     ``name`` is the person or None ("Unknown": best similarity below the threshold, or an empty
     gallery); ``best_name`` is the nearest person whatever the threshold (None only for an empty
     gallery); ``similarity`` is the cosine similarity to ``best_name``'s centroid (-1.0 when empty).
+    ``closer_face``: set by :meth:`IdentityGallery.match_photo` only, the row of another face of the same
+    photo that ``best_name`` went to because it is closer to them (this face is then Unknown).
     """
 
     name: str | None
     similarity: float
     best_name: str | None
+    closer_face: int | None = None
 
     @property
     def is_known(self) -> bool:
@@ -199,6 +202,26 @@ class IdentityGallery:
             similarity = float(scores[row, k])
             result.append(Match(names[k] if similarity >= threshold else None, similarity, names[k]))
         return result
+
+    def match_photo(self, embeddings: np.ndarray) -> list[Match]:
+        """:meth:`match` for the faces of one photo, where a person appears at most once.
+
+        When several faces are nearest to the same person and reach the threshold, only the closest is
+        named; the others are Unknown with ``closer_face`` saying which face took the name. They are
+        not given their second-nearest person: a face whose nearest person is someone else in the photo
+        is a stranger who looks like them far more often than a second enrolled person. A class photo's
+        strangers are most often named as a student who is also in it; this rule stops that, but a
+        stranger who looks like an absent student is still named when the similarity allows it.
+        """
+        matches = self.match(embeddings)
+        winners: dict[str, int] = {}
+        for row, match in enumerate(matches):
+            if match.name is not None and (match.name not in winners
+                                           or match.similarity > matches[winners[match.name]].similarity):
+                winners[match.name] = row
+        return [match if match.name is None or winners[match.name] == row
+                else Match(None, match.similarity, match.best_name, closer_face=winners[match.name])
+                for row, match in enumerate(matches)]
 
     # ---- persistence -------------------------------------------------------------------------
     def save(self, folder: str | Path) -> Path:

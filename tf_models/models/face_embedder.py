@@ -5,7 +5,7 @@ embedding (output ``embedding``): faces of one person lie close by cosine simila
 ``scripts/pretrain_faces.py`` trains and what ``weights="faces"`` ships.
 
 Shipped weights (``weights="faces"``) live inside the package (:data:`FACE_WEIGHTS_DIR`), one
-``.npz`` of float16 arrays per backbone, named by the backbone's registry row
+``.npz`` per backbone (float16 arrays, the big kernels as 6-bit codes with a scale per channel), named by the backbone's registry row
 (:class:`~tf_models.models.backbones.FaceWeights`: file, sha256, input size). They are read with
 ``allow_pickle=False`` and checked by hash before use: offline, no download, never partly loaded.
 The file holds the backbone (``backbone/<variable path>``) and the projection (``head/<path>``), so
@@ -16,7 +16,6 @@ The margin softmax heads (:class:`MarginLogits`: ArcFace, CosFace) are for train
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,7 +31,11 @@ from tf_models.models.backbones import (
     backbones_with_face_weights,
     face_weights_path,
     get_backbone,
+    DEFAULT_PACK_LEVELS,
+    PACKED_CODES,
+    load_face_arrays,
     read_face_weights,
+    save_face_arrays,
 )
 from tf_models.models.classifier import BACKBONE_LAYER, build_backbone, normalize_input_shape
 from tf_models.models.preprocessing import ImagePreprocessing, MirrorImage
@@ -45,17 +48,37 @@ DEFAULT_EMBEDDING_DIM = 128
 MARGIN_LOSSES = ("arcface", "cosface")
 
 
-def save_face_weights(embedder: keras.Model, path: str | Path) -> str:
-    """Writes ``embedder``'s weights as float16 ``.npz`` (the shipped format); returns its sha256."""
+def save_face_weights(embedder: keras.Model, path: str | Path, levels: int | None = None) -> str:
+    """Writes ``embedder``'s weights as ``.npz`` (float16; with ``levels``, the packed form the package
+    ships: :func:`~tf_models.models.backbones.pack_face_arrays`); returns its sha256."""
     base = embedder.get_layer(BACKBONE_LAYER)
-    arrays = {f"backbone/{v.path}": np.asarray(v.numpy(), np.float16) for v in base.weights}
+    arrays = {f"backbone/{v.path}": np.asarray(v.numpy()) for v in base.weights}
     for name in (PROJECTION_LAYER, PROJECTION_BN_LAYER):
-        arrays.update({f"head/{v.path}": np.asarray(v.numpy(), np.float16) for v in embedder.get_layer(name).weights})
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as handle:
-        np.savez_compressed(handle, **arrays)
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+        arrays.update({f"head/{v.path}": np.asarray(v.numpy()) for v in embedder.get_layer(name).weights})
+    return save_face_arrays(arrays, path, levels)
+
+
+def pack_face_weights(source: str | Path, target: str | Path, levels: int = DEFAULT_PACK_LEVELS) -> dict[str, object]:
+    """Packs a run's ``face_weights.npz`` into the shipped form (6-bit kernels by default) for the package.
+
+    Returns the new file's sha256 (for the registry row), both sizes, how many arrays became codes, and
+    the largest weight error relative to its channel's largest value. The benchmark tells what it costs:
+    ``scripts/bench_faces.py --run "float16=SOURCE"`` beside the shipped row.
+    """
+    source, target = Path(source), Path(target)
+    if source.resolve() == target.resolve():
+        raise ValueError(f"Pack into another file: the source is read while the target is written. Received: {source}")
+    arrays = load_face_arrays(source)
+    digest = save_face_arrays(arrays, target, levels)
+    packed = load_face_arrays(target)
+    error = 0.0
+    for key, value in arrays.items():
+        peak = np.abs(value).max(axis=tuple(range(value.ndim - 1))) if value.ndim else np.abs(value)
+        error = max(error, float(np.max(np.abs(packed[key] - value) / np.maximum(peak, 1e-12))))
+    with np.load(target, allow_pickle=False) as stored:
+        codes = sum(key.endswith(PACKED_CODES) for key in stored.keys())
+    return {"sha256": digest, "bytes_before": source.stat().st_size, "bytes_after": target.stat().st_size,
+            "arrays_packed": codes, "arrays": len(arrays), "max_relative_error": error}
 
 
 def build_face_embedder(backbone: str, input_size: Sequence[int] | None = None, *,
@@ -157,6 +180,5 @@ class MarginLogits(layers.Layer):
 
 
 __all__ = ["DEFAULT_EMBEDDING_DIM", "EMBEDDING_OUTPUT", "FACE_WEIGHTS_DIR", "FaceWeightsError", "MarginLogits",
-           "assign_embedder_arrays",
-           "backbones_with_face_weights", "build_face_embedder", "face_weights_path", "is_face_embedder",
-           "save_face_weights"]
+           "assign_embedder_arrays", "backbones_with_face_weights", "build_face_embedder", "face_weights_path",
+           "is_face_embedder", "pack_face_weights", "save_face_weights"]

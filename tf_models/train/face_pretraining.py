@@ -39,6 +39,7 @@ from tf_models.data.face_sets import identity_disjoint_split, load_face_identiti
 from tf_models.faces.crop import CropSettings
 from tf_models.faces.verification import pair_accuracy
 from tf_models.images import resize_images
+from tf_models.models.backbones import load_face_arrays
 from tf_models.models.classifier import BACKBONE_LAYER, inference_function
 from tf_models.models.face_embedder import (PROJECTION_BN_LAYER, PROJECTION_LAYER, MarginLogits,
                                             assign_embedder_arrays, build_face_embedder, save_face_weights)
@@ -147,13 +148,12 @@ def build_training_model(config: PretrainConfig, num_classes: int) -> tuple[kera
 def load_embedder_weights(embedder: keras.Model, path: str | Path) -> None:
     """Copies an earlier run's embedder into ``embedder``: backbone and projection.
 
-    ``path``: its ``embedder.keras`` (float32), or a ``face_weights.npz`` (float16, the shipped
+    ``path``: its ``embedder.keras`` (float32), or a ``face_weights.npz`` (float16 or packed, the shipped
     format: a run folder's, or the package's). The architectures must match (same backbone, input
     and embedding size); anything else is an error, never a partial load.
     """
     if Path(path).suffix == ".npz":
-        with np.load(path, allow_pickle=False) as stored:
-            assign_embedder_arrays(embedder, dict(stored), embedder.name)
+        assign_embedder_arrays(embedder, load_face_arrays(path), embedder.name)
         return
     source = keras.saving.load_model(path, compile=False)
     for name in (BACKBONE_LAYER, PROJECTION_LAYER, PROJECTION_BN_LAYER):
