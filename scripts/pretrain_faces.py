@@ -5,7 +5,7 @@
     python scripts/pretrain_faces.py --config configs/pretrain_faces.yaml --epochs 60 --batch-size 256   # a GPU
 
 Frames every shared face photo with the project's detector and crop (cached), holds whole people
-out for evaluation, trains, and writes embedder.keras and face_weights.npz (float16, the shipped
+out for evaluation, trains, and writes embedder.keras and face_weights.npz (float16; packed for the package by scripts/pack_face_weights.py: the shipped
 format) to the run folder. Run it again after an interruption: it resumes at the last epoch.
 Distillation needs dlib's embedding: pip install dlib-bin face_recognition_models.
 

@@ -8,7 +8,7 @@
 
 The recipe is the YAML the TensorFlow script reads (``PretrainConfig``), with the same overrides.
 The model is the project's own (``build_face_embedder``), so the weights it writes
-(``face_weights.npz``, float16, the shipped format) load into the TensorFlow model unchanged. The
+(``face_weights.npz``, float16; ``scripts/pack_face_weights.py`` packs it for the package) load into the TensorFlow model unchanged. The
 recipe is ``tf_models.train.face_pretraining``'s ``distill`` loss (1 - cosine to dlib's centred
 embedding), its augmentation (down-scaling, JPEG, colour, rotation, crop, mirror) done on the GPU
 in torch, AdamW with a warm-up and a cosine schedule, BatchNorm momentum 0.99.

@@ -77,13 +77,43 @@ def test_packed_arrays_round_trip_within_half_a_step_and_keep_small_arrays_float
     backbones.save_face_arrays(arrays, tmp_path / "plain.npz", levels=None)
     assert sorted(backbones.load_face_arrays(tmp_path / "plain.npz")) == sorted(arrays)
     assert digest != backbones.save_face_arrays(arrays, tmp_path / "other.npz", levels=63)
+    # Packing what was loaded gives the same bytes: the shipped files can be re-made from their runs.
+    assert backbones.save_face_arrays(loaded, tmp_path / "again.npz", levels=31) == backbones.save_face_arrays(
+        backbones.load_face_arrays(tmp_path / "again.npz"), tmp_path / "again2.npz", levels=31)
     with pytest.raises(ValueError, match="Received: levels=128"):
         backbones.pack_face_arrays(arrays, levels=128)
+    with pytest.raises(ValueError, match="Received: levels=True"):
+        backbones.pack_face_arrays(arrays, levels=True)
 
 
-def test_codes_without_their_scale_are_a_clear_error(tmp_path):
+def test_packing_keeps_tiny_channels_within_half_a_step_and_refuses_what_it_cannot_hold():
+    rng = np.random.default_rng(1)
+    kernel = rng.normal(size=(3, 3, 64, 96)).astype(np.float32)
+    kernel[..., 0] *= 2e-7  # its scale is below float16's smallest value: it must not become 0 (division by 0)
+    kernel[..., 1] *= 3e-6  # its scale is subnormal in float16: coarse, it must not round below the peak
+    packed = backbones.pack_face_arrays({"k": kernel})
+    restored = backbones.unpack_face_arrays(packed)["k"]
+    peak = np.abs(kernel).max(axis=(0, 1, 2))
+    assert np.all(np.abs(restored - kernel) <= 0.5 * packed["k:scale"].astype(np.float32) * (1 + 1e-3) + 1e-12)
+    assert np.all(np.abs(restored[..., :2] - kernel[..., :2]) <= 0.05 * peak[:2])
+    depthwise = rng.normal(size=(3, 3, 4000, 1)).astype(np.float32)  # one output channel: stays float16
+    assert list(backbones.pack_face_arrays({"dw": depthwise})) == ["dw"]
+    with pytest.raises(ValueError, match="beyond float16's range"):
+        backbones.pack_face_arrays({"k": kernel * 1e10})
+    broken = kernel.copy()
+    broken[0, 0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN or infinite weights"):
+        backbones.pack_face_arrays({"k": broken})
+    with pytest.raises(ValueError, match="Received: key='k:codes'"):
+        backbones.pack_face_arrays({"k:codes": kernel})
+
+
+def test_codes_without_their_scale_and_the_reverse_are_a_clear_error(tmp_path):
     np.savez(tmp_path / "damaged.npz", **{"backbone/conv/kernel:codes": np.ones((3, 3, 4, 8), np.int8)})
     with pytest.raises(FaceWeightsError, match="without their scale"):
+        backbones.load_face_arrays(tmp_path / "damaged.npz")
+    np.savez(tmp_path / "damaged.npz", **{"backbone/conv/kernel:scale": np.ones(8, np.float16)})
+    with pytest.raises(FaceWeightsError, match="scale without its codes"):
         backbones.load_face_arrays(tmp_path / "damaged.npz")
 
 

@@ -133,8 +133,11 @@ def test_match_photo_names_a_person_once_the_closest_face():
     assert matches[0].best_name == "Ana" and matches[0].closer_face == 1
     assert matches[0].similarity == pytest.approx(independent[0].similarity)
     assert all(m.closer_face is None for m in matches[1:])
-    assert gallery.match_photo(faces[2:3])[0] == independent[2]  # one face: the same as match()
+    assert gallery.match_photo(faces[0:1])[0] == independent[0]  # alone in its photo, face 0 is Ana again
     assert [m.name for m in IdentityGallery().match_photo(faces)] == [None] * 4  # empty gallery
+    # A tie goes to the first face (the app lists the largest first); the other is Unknown.
+    tied = gallery.match_photo(np.stack([faces[1], faces[1]]))
+    assert [m.name for m in tied] == ["Ana", None] and tied[1].closer_face == 0
 
 
 def test_enrol_without_retraining_then_remove(rng):

@@ -45,7 +45,7 @@ from tf_models.app.rendering import (  # noqa: F401  TABLE_COLUMNS, UNCERTAIN: r
 )
 from tf_models.runs import MODEL_FILE, RELEASES_DIR, file_sha1, load_run_model, read_run, release_run
 from tf_models.identity.embedding import build_gallery_from_table
-from tf_models.identity.gallery import GALLERY_JSON, IdentityGallery
+from tf_models.identity.gallery import GALLERY_JSON, IdentityGallery, Match
 from tf_models.faces.detector import DetectedFace
 from tf_models.images import ImageReadError
 from tf_models.serve.predictor import FacePrediction, Predictor
@@ -359,13 +359,15 @@ class FaceService:
             notes.append(note)
         return Analysis(draw_faces(pixels, faces), faces, " ".join(notes))
 
-    def _result(self, index: int, gender: FacePrediction, match: Any, min_confidence: float) -> FaceResult:
+    def _result(self, index: int, gender: FacePrediction, match: Match, min_confidence: float) -> FaceResult:
         similarity = float(np.clip(match.similarity, 0.0, 1.0))
         known = match.name is not None and similarity >= min_confidence
+        # "but face k is closer" only where this face alone would have been named: the closer face then is.
+        outranked = match.closer_face is not None and similarity >= min_confidence
         return FaceResult(index, gender.box, gender.label if gender.confidence >= min_confidence else UNCERTAIN,
                           gender.confidence, match.name if known else UNKNOWN, similarity,
                           closest=match.best_name, threshold=max(self.gallery.threshold, min_confidence),
-                          closer_face=None if match.closer_face is None else match.closer_face + 1)
+                          closer_face=match.closer_face + 1 if outranked else None)
 
     def _mark(self, faces: list[FaceResult], course: str, date: str | dt.date,
               min_confidence: float) -> tuple[list[FaceResult], str]:

@@ -207,7 +207,7 @@ class IdentityGallery:
         """:meth:`match` for the faces of one photo, where a person appears at most once.
 
         When several faces are nearest to the same person and reach the threshold, only the closest is
-        named; the others are Unknown with ``closer_face`` saying which face took the name. They are
+        named (on a tie, the first); the others are Unknown with ``closer_face`` saying which face took the name. They are
         not given their second-nearest person: a face whose nearest person is someone else in the photo
         is a stranger who looks like them far more often than a second enrolled person. A class photo's
         strangers are most often named as a student who is also in it; this rule stops that, but a

@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import functools
 import hashlib
+import io
 import os
 import re
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from typing import Callable
 import keras
 import numpy as np
 
+from tf_models.files import atomic_write
 from tf_models.models import alexnet
 
 _KERAS_WEIGHTS = "https://storage.googleapis.com/tensorflow/keras-applications"
@@ -279,29 +281,50 @@ def face_weights_path(spec: BackboneSpec) -> Path:
 
 
 # The shipped face weights format: one array per variable, float16, or -- for the big kernels, most of
-# the file -- int8 codes times a float16 scale per output channel (the last axis). 6-bit codes keep
-# held-out embeddings within cosine 0.998 of float16 and the benchmark figures within their noise
-# (MODEL_CARD.md) and take AlexNet-BN's 7.0 MB to 2.6 MB: deflate packs small integers far better
-# than float16 bits. scripts/pack_face_weights.py packs a run's weights for shipping.
+# the file -- int8 codes times a float16 scale per output channel (the last axis). 6-bit codes keep the
+# benchmark figures within their noise (MODEL_CARD.md: both embedders, packed beside float16) and take
+# AlexNet-BN's 7.0 MB to 2.6 MB and MobileNetV2's 4.5 MB to 2.0 MB: deflate packs small integers far
+# better than float16 bits. scripts/pack_face_weights.py packs a run's weights for shipping.
 PACKED_CODES, PACKED_SCALE = ":codes", ":scale"  # suffixes of a packed array's two parts in the .npz
-PACK_MIN_VALUES = 20_000  # smaller arrays (batch norm, biases, the first layers) stay float16: a few kB
+PACK_MIN_VALUES = 20_000  # smaller arrays (batch norm, biases, small kernels) stay float16
 DEFAULT_PACK_LEVELS = 31  # codes in [-31, 31]: 6 bits
 
 
+def _channel_scales(key: str, peak: np.ndarray, levels: int) -> np.ndarray:
+    """float16 scales with every |weight| <= levels * scale (so none is clipped by more than half a step)."""
+    with np.errstate(over="ignore"):
+        scale = (peak / levels).astype(np.float16)
+    if not np.all(np.isfinite(scale)):
+        raise ValueError(f"{key!r} has weights beyond float16's range: not a trained face embedder? "
+                         f"Received: largest |weight| {float(peak.max()):.3g}")
+    # Below float16's normal range the scale rounds coarsely, down to 0 for the tiniest channels: one
+    # float16 step up keeps each of their weights within half a step (normal scales are already close).
+    low = (scale.astype(np.float32) * levels < peak) & (scale < np.finfo(np.float16).smallest_normal)
+    scale = np.where(low, np.nextafter(scale, np.float16(np.inf)), scale)
+    return np.where(peak > 0, scale, np.float16(1.0)).astype(np.float16)
+
+
 def pack_face_arrays(arrays: dict[str, np.ndarray], levels: int | None = DEFAULT_PACK_LEVELS) -> dict[str, np.ndarray]:
-    """The arrays as the shipped file stores them: float16, and with ``levels`` every array of
-    :data:`PACK_MIN_VALUES` or more values as int8 codes in [-levels, levels] with a float16 scale per
-    output channel (symmetric, so zero stays exactly zero). ``levels=None``: float16 only."""
-    if levels is not None and not 1 <= int(levels) <= 127:
-        raise ValueError(f"levels is the largest int8 code, 1..127 (None: float16 only). Received: levels={levels!r}")
+    """The arrays as the shipped file stores them: float16, and with ``levels`` every array of two or more
+    axes and :data:`PACK_MIN_VALUES` or more values as int8 codes in [-levels, levels] with a float16
+    scale per output channel (the last axis; symmetric, so zero stays exactly zero). A kernel with one
+    output channel (depthwise) stays float16: one scale for all of it would be too coarse.
+    ``levels=None``: float16 only. NaN or infinite weights are an error, never packed."""
+    if levels is not None and (isinstance(levels, bool) or not isinstance(levels, (int, np.integer))
+                               or not 1 <= levels <= 127):
+        raise ValueError(f"levels is the largest int8 code, an int in 1..127 (None: float16 only). Received: levels={levels!r}")
     packed = {}
     for key, value in arrays.items():
+        if key.endswith((PACKED_CODES, PACKED_SCALE)):
+            raise ValueError(f"Variable names may not end in {PACKED_CODES!r} or {PACKED_SCALE!r} (the packed "
+                             f"format's suffixes). Received: key={key!r}")
         value = np.asarray(value, np.float32)
-        if levels is None or value.size < PACK_MIN_VALUES or value.ndim < 2:
+        if not np.all(np.isfinite(value)):
+            raise ValueError(f"{key!r} holds NaN or infinite weights (a diverged run?). Received: key={key!r}")
+        if levels is None or value.size < PACK_MIN_VALUES or value.ndim < 2 or value.shape[-1] == 1:
             packed[key] = value.astype(np.float16)
             continue
-        peak = np.abs(value).max(axis=tuple(range(value.ndim - 1)))
-        scale = np.where(peak > 0, peak / int(levels), 1.0).astype(np.float16)
+        scale = _channel_scales(key, np.abs(value).max(axis=tuple(range(value.ndim - 1))), int(levels))
         packed[key + PACKED_CODES] = np.clip(np.rint(value / scale.astype(np.float32)), -levels, levels).astype(np.int8)
         packed[key + PACKED_SCALE] = scale
     return packed
@@ -309,16 +332,19 @@ def pack_face_arrays(arrays: dict[str, np.ndarray], levels: int | None = DEFAULT
 
 def unpack_face_arrays(stored: dict[str, np.ndarray] | np.lib.npyio.NpzFile) -> dict[str, np.ndarray]:
     """float32 arrays by variable key from the stored form (:func:`pack_face_arrays`; plain float16 too)."""
+    keys = set(stored.keys())
     arrays = {}
-    for key in stored.keys():
+    for key in stored.keys():  # the stored order: packing the result again gives the same bytes
         if key.endswith(PACKED_SCALE):
+            if key[: -len(PACKED_SCALE)] + PACKED_CODES not in keys:
+                raise FaceWeightsError(f"The face weights hold a scale without its codes: a damaged file. Received: key={key!r}")
             continue
         if not key.endswith(PACKED_CODES):
             arrays[key] = np.asarray(stored[key], np.float32)
             continue
         name = key[: -len(PACKED_CODES)]
-        if name + PACKED_SCALE not in stored.keys():
-            raise FaceWeightsError(f"The face weights hold codes for {name!r} without their scale: a damaged file.")
+        if name + PACKED_SCALE not in keys:
+            raise FaceWeightsError(f"The face weights hold codes without their scale: a damaged file. Received: key={key!r}")
         arrays[name] = np.asarray(stored[key], np.float32) * np.asarray(stored[name + PACKED_SCALE], np.float32)
     return arrays
 
@@ -331,13 +357,13 @@ def load_face_arrays(path: str | Path) -> dict[str, np.ndarray]:
 
 def save_face_arrays(arrays: dict[str, np.ndarray], path: str | Path,
                      levels: int | None = DEFAULT_PACK_LEVELS) -> str:
-    """Writes arrays in the shipped format (:func:`pack_face_arrays`); returns the file's sha256."""
-    packed = pack_face_arrays(arrays, levels)
+    """Writes arrays in the shipped format (:func:`pack_face_arrays`) atomically; returns the file's sha256."""
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **pack_face_arrays(arrays, levels))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as handle:
-        np.savez_compressed(handle, **packed)
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    atomic_write(path, buffer.getvalue())
+    return hashlib.sha256(buffer.getvalue()).hexdigest()
 
 
 def read_face_weights(spec: BackboneSpec) -> dict[str, np.ndarray]:

@@ -25,14 +25,14 @@ import numpy as np
 from keras import layers, ops
 
 from tf_models.models.backbones import (
+    DEFAULT_PACK_LEVELS,
     FACE_WEIGHTS_DIR,
+    PACKED_CODES,
     FaceWeightsError,
     assign_face_weights,
     backbones_with_face_weights,
     face_weights_path,
     get_backbone,
-    DEFAULT_PACK_LEVELS,
-    PACKED_CODES,
     load_face_arrays,
     read_face_weights,
     save_face_arrays,

@@ -15,8 +15,8 @@ Recipe (``configs/pretrain_faces.yaml``, ``scripts/pretrain_faces.py``):
    - ``distill+arcface``: both, weighted by ``margin_weight``.
 4. Resumable: ``backup/`` (Keras BackupAndRestore) restarts an interrupted run at its last epoch.
 
-The run folder holds ``embedder.keras`` (the whole float32 model), ``face_weights.npz`` (float16,
-the shipped format), ``history.csv``, ``metrics.json`` (held-out verification after training).
+The run folder holds ``embedder.keras`` (the whole float32 model), ``face_weights.npz`` (float16;
+``scripts/pack_face_weights.py`` packs it into the shipped format), ``history.csv``, ``metrics.json`` (held-out verification after training).
 """
 
 from __future__ import annotations
