@@ -70,7 +70,8 @@ def load_export(folder: str | Path) -> tuple[np.ndarray, dict[str, np.ndarray], 
 
 def learning_rate(done: float, peak: float, warmup: float) -> float:
     """The recipe's schedule at ``done`` (0..1) of the run: linear warm-up over the first ``warmup``, then
-    cosine from ``peak`` to 0."""
+    cosine from ``peak`` to 0. ``done`` outside 0..1 is held at its end: the rate is never negative."""
+    done = min(max(done, 0.0), 1.0)
     if done < warmup:
         return peak * (done + 1e-3) / warmup
     return peak * 0.5 * (1 + math.cos(math.pi * min(1.0, (done - warmup) / max(1e-9, 1 - warmup))))
@@ -264,6 +265,10 @@ def main(argv: list[str] | None = None) -> int:
     warmup = min(0.1, config.warmup_epochs / max(1, config.epochs))  # a fraction of the run
     # --minutes: the schedule follows the time left, not a step count fitted once (a shared GPU's speed drifts)
     budget_start, budget = time.time(), (args.minutes * 60 - (time.time() - started) - 30 if args.minutes else None)
+    if budget is not None and budget <= 0:  # loading took the whole budget: nothing to fit a schedule to
+        parser.error(f"--minutes {args.minutes:g} leaves no time to train: loading the data and building the "
+                     f"model took {(time.time() - started) / 60:.1f} min, and the last evaluation needs about "
+                     f"30 s. Give more minutes, or --epochs. Received: --minutes={args.minutes:g}")
     history: list[dict] = []
     last_eval, loss, lr, step = time.time(), torch.zeros(()), config.lr, 0
 

@@ -106,6 +106,17 @@ def test_torch_trainer_schedule_warms_up_then_falls_to_zero():
     assert 9 <= peak <= 11
     assert all(a >= b for a, b in zip(values[peak:], values[peak + 1:]))  # no rise after the warm-up
     assert values[-1] == pytest.approx(0.0, abs=1e-9)
+    # Outside 0..1 (a clock read before the start, or past the budget) the rate is held, never negative.
+    assert learning_rate(-0.5, 0.002, 0.1) == pytest.approx(values[0]) and learning_rate(1.5, 0.002, 0.1) == 0.0
+
+
+def test_torch_trainer_refuses_a_budget_that_loading_used_up(tmp_path, capsys):
+    pytest.importorskip("torch")  # the trainer's own dependency, not the suite's
+    folder = export_pretraining_set(_faces(), PretrainConfig(val_people_fraction=0.3), tmp_path / "set", progress=False)
+    with pytest.raises(SystemExit):
+        _torch_script().main(["--data", str(folder), "--backbone", "alexnet_bn", "--minutes", "0.001",
+                              "--run-dir", str(tmp_path / "run")])
+    assert "leaves no time to train" in capsys.readouterr().err
 
 
 def test_torch_trainer_imports_no_tensorflow():
