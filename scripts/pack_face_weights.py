@@ -16,7 +16,7 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
-    from tf_models.models.backbones import DEFAULT_PACK_LEVELS
+    from tf_models.models.backbones import DEFAULT_PACK_LEVELS, pack_face_weights
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("source", help="a face_weights.npz (a run folder's)")
@@ -24,8 +24,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--levels", type=int, default=DEFAULT_PACK_LEVELS,
                         help="largest int8 code of the packed kernels (default %(default)s: 6 bits)")
     args = parser.parse_args(argv)
-    from tf_models.models.face_embedder import pack_face_weights
-
     report = pack_face_weights(args.source, args.target, args.levels)
     print(f"{report['arrays_packed']} of {report['arrays']} arrays as codes; largest error "
           f"{report['max_relative_error']:.4f} of a channel's peak")

@@ -119,7 +119,7 @@ def test_codes_without_their_scale_and_the_reverse_are_a_clear_error(tmp_path):
 
 def test_pack_face_weights_packs_a_run_file_for_shipping(tmp_path):
     """scripts/pack_face_weights.py's work: AlexNet-BN's float16 run weights -> the packed, small form."""
-    from tf_models.models.face_embedder import pack_face_weights
+    from tf_models.models.backbones import pack_face_weights
 
     embedder = build_face_embedder("alexnet_bn", (72, 72), weights=None)
     save_face_weights(embedder, tmp_path / "face_weights.npz")

@@ -366,6 +366,29 @@ def save_face_arrays(arrays: dict[str, np.ndarray], path: str | Path,
     return hashlib.sha256(buffer.getvalue()).hexdigest()
 
 
+def pack_face_weights(source: str | Path, target: str | Path, levels: int = DEFAULT_PACK_LEVELS) -> dict[str, object]:
+    """Packs a run's ``face_weights.npz`` into the shipped form (6-bit kernels by default) for the package.
+
+    Returns the new file's sha256 (for the registry row), both sizes, how many arrays became codes, and
+    the largest weight error relative to its channel's largest value. The benchmark tells what it costs:
+    ``scripts/bench_faces.py --run "float16=SOURCE"`` beside the shipped row.
+    """
+    source, target = Path(source), Path(target)
+    if source.resolve() == target.resolve():
+        raise ValueError(f"Pack into another file: the source is read while the target is written. Received: {source}")
+    arrays = load_face_arrays(source)
+    digest = save_face_arrays(arrays, target, levels)
+    packed = load_face_arrays(target)
+    error = 0.0
+    for key, value in arrays.items():
+        peak = np.abs(value).max(axis=tuple(range(value.ndim - 1))) if value.ndim else np.abs(value)
+        error = max(error, float(np.max(np.abs(packed[key] - value) / np.maximum(peak, 1e-12))))
+    with np.load(target, allow_pickle=False) as stored:
+        codes = sum(key.endswith(PACKED_CODES) for key in stored.keys())
+    return {"sha256": digest, "bytes_before": source.stat().st_size, "bytes_after": target.stat().st_size,
+            "arrays_packed": codes, "arrays": len(arrays), "max_relative_error": error}
+
+
 def read_face_weights(spec: BackboneSpec) -> dict[str, np.ndarray]:
     """The float32 arrays of ``spec``'s face weights (hash checked; no pickles)."""
     return load_face_arrays(face_weights_path(spec))

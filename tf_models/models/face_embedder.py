@@ -25,15 +25,12 @@ import numpy as np
 from keras import layers, ops
 
 from tf_models.models.backbones import (
-    DEFAULT_PACK_LEVELS,
     FACE_WEIGHTS_DIR,
-    PACKED_CODES,
     FaceWeightsError,
     assign_face_weights,
     backbones_with_face_weights,
     face_weights_path,
     get_backbone,
-    load_face_arrays,
     read_face_weights,
     save_face_arrays,
 )
@@ -48,37 +45,14 @@ DEFAULT_EMBEDDING_DIM = 128
 MARGIN_LOSSES = ("arcface", "cosface")
 
 
-def save_face_weights(embedder: keras.Model, path: str | Path, levels: int | None = None) -> str:
-    """Writes ``embedder``'s weights as ``.npz`` (float16; with ``levels``, the packed form the package
-    ships: :func:`~tf_models.models.backbones.pack_face_arrays`); returns its sha256."""
+def save_face_weights(embedder: keras.Model, path: str | Path) -> str:
+    """Writes ``embedder``'s weights as a float16 ``.npz`` (a run's; :func:`~tf_models.models.backbones.pack_face_weights`
+    makes the package's form of it); returns its sha256."""
     base = embedder.get_layer(BACKBONE_LAYER)
     arrays = {f"backbone/{v.path}": np.asarray(v.numpy()) for v in base.weights}
     for name in (PROJECTION_LAYER, PROJECTION_BN_LAYER):
         arrays.update({f"head/{v.path}": np.asarray(v.numpy()) for v in embedder.get_layer(name).weights})
-    return save_face_arrays(arrays, path, levels)
-
-
-def pack_face_weights(source: str | Path, target: str | Path, levels: int = DEFAULT_PACK_LEVELS) -> dict[str, object]:
-    """Packs a run's ``face_weights.npz`` into the shipped form (6-bit kernels by default) for the package.
-
-    Returns the new file's sha256 (for the registry row), both sizes, how many arrays became codes, and
-    the largest weight error relative to its channel's largest value. The benchmark tells what it costs:
-    ``scripts/bench_faces.py --run "float16=SOURCE"`` beside the shipped row.
-    """
-    source, target = Path(source), Path(target)
-    if source.resolve() == target.resolve():
-        raise ValueError(f"Pack into another file: the source is read while the target is written. Received: {source}")
-    arrays = load_face_arrays(source)
-    digest = save_face_arrays(arrays, target, levels)
-    packed = load_face_arrays(target)
-    error = 0.0
-    for key, value in arrays.items():
-        peak = np.abs(value).max(axis=tuple(range(value.ndim - 1))) if value.ndim else np.abs(value)
-        error = max(error, float(np.max(np.abs(packed[key] - value) / np.maximum(peak, 1e-12))))
-    with np.load(target, allow_pickle=False) as stored:
-        codes = sum(key.endswith(PACKED_CODES) for key in stored.keys())
-    return {"sha256": digest, "bytes_before": source.stat().st_size, "bytes_after": target.stat().st_size,
-            "arrays_packed": codes, "arrays": len(arrays), "max_relative_error": error}
+    return save_face_arrays(arrays, path, levels=None)
 
 
 def build_face_embedder(backbone: str, input_size: Sequence[int] | None = None, *,
@@ -181,4 +155,4 @@ class MarginLogits(layers.Layer):
 
 __all__ = ["DEFAULT_EMBEDDING_DIM", "EMBEDDING_OUTPUT", "FACE_WEIGHTS_DIR", "FaceWeightsError", "MarginLogits",
            "assign_embedder_arrays", "backbones_with_face_weights", "build_face_embedder", "face_weights_path",
-           "is_face_embedder", "pack_face_weights", "save_face_weights"]
+           "is_face_embedder", "save_face_weights"]

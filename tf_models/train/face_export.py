@@ -22,9 +22,9 @@ from tqdm.auto import tqdm
 from tf_models.images import resize_images
 from tf_models.train.face_data import FramedFaces
 from tf_models.train.face_pretraining import PretrainConfig, centred_teacher, training_people
+from tf_models.train.face_recipe import EXPORT_MANIFEST_FILE as MANIFEST_FILE
 
 PART_ROWS = 4000
-MANIFEST_FILE = "manifest.json"
 
 
 def export_pretraining_set(faces: FramedFaces, config: PretrainConfig, out: str | Path, *, quality: int = 75,

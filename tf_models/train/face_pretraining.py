@@ -44,12 +44,10 @@ from tf_models.models.classifier import BACKBONE_LAYER, inference_function
 from tf_models.models.face_embedder import (PROJECTION_BN_LAYER, PROJECTION_LAYER, MarginLogits,
                                             assign_embedder_arrays, build_face_embedder, save_face_weights)
 from tf_models.train.face_data import FramedFaces, prepare_faces
-from tf_models.train.face_recipe import LOSSES, PretrainConfig
+from tf_models.train.face_recipe import (BATCHNORM_MOMENTUM, FACE_WEIGHTS_FILE, LOSSES, PRETRAIN_CONFIG_FILE,
+                                         PretrainConfig)
 
 EMBEDDER_FILE = "embedder.keras"
-FACE_WEIGHTS_FILE = "face_weights.npz"
-PRETRAIN_CONFIG_FILE = "pretrain_config.yaml"
-BATCHNORM_MOMENTUM = 0.99
 
 
 # Pose and colour: the suite's own augmenter (fused geometry, stateless), applied per batch.

@@ -1,7 +1,7 @@
 """The face pretraining recipe (``configs/pretrain_faces*.yaml``): every setting, in one dataclass.
 
 Kept apart from :mod:`tf_models.train.face_pretraining` (which needs TensorFlow) so that the same
-recipe drives ``scripts/pretrain_faces_torch.py`` on a GPU machine with PyTorch and no TensorFlow.
+recipe drives :mod:`tf_models.train.face_torch` on a GPU machine with PyTorch and no TensorFlow.
 """
 
 from __future__ import annotations
@@ -15,6 +15,11 @@ import yaml
 from tf_models.faces.crop import CropSettings
 
 LOSSES = ("distill", "arcface", "cosface", "distill+arcface", "distill+cosface")
+# What both trainers write and read (the TensorFlow one, face_pretraining; the torch one, face_torch).
+FACE_WEIGHTS_FILE = "face_weights.npz"  # a run's weights, float16 (scripts/pack_face_weights.py packs them)
+PRETRAIN_CONFIG_FILE = "pretrain_config.yaml"  # the recipe a run was trained with (bench_faces.py --run reads it)
+EXPORT_MANIFEST_FILE = "manifest.json"  # of a pretrain_faces.py --export folder
+BATCHNORM_MOMENTUM = 0.99  # the builders' 0.999 lags a short run's statistics
 
 
 @dataclass
