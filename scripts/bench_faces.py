@@ -16,6 +16,7 @@ roc.png, orl_k3.csv and orl_k3.md to --out; the headline is the last line.
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 
 
@@ -48,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         print(orl.to_string(index=False))
     table = bench_faces(args.data_root, args.out, runs=runs, backbone=args.backbone, include_dlib=not args.no_dlib,
                         genuine=args.pairs, impostor=args.pairs,
-                        command=" ".join(["python scripts/bench_faces.py", *(argv if argv is not None else sys.argv[1:])]))
+                        command=shlex.join(["python", "scripts/bench_faces.py", *(argv if argv is not None else sys.argv[1:])]))
     print(table.to_string(index=False))
     with open(f"{args.out}/faces.md") as handle:
         print(handle.read().strip().splitlines()[-1])
